@@ -1,0 +1,457 @@
+"""The Supervisor: wires each worker to its mode and a runner, and obeys signals.
+
+One asyncio loop, one root TaskGroup. Each worker has a `WorkerSupervisor` task
+that asks its mode for a grant, runs the child while the grant holds, and
+restarts it under the worker's policy. Stopping is a request (an Event) first;
+cancellation second; cleanup is shielded and bounded. Everything that happens is
+published as an event (see `supervisor.model`) for logs and metrics.
+
+Signals: SIGTERM/SIGINT stop every child at once, in parallel; a second one
+SIGKILLs them at once. SIGHUP re-reads the file and applies what changed; a file
+that does not validate is rejected whole and the running set is kept. SIGUSR1 and
+SIGUSR2 are forwarded to every child's process group. As PID 1 the supervisor also
+reaps orphans that the kernel hands to it, never touching its own children's
+exit statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+
+from supervisor.clock import Clock, SystemClock
+from supervisor.config import Settings, WorkerConfig, load_config
+from supervisor.coordination import EveryNode, Grant, WorkerMode
+from supervisor.errors import ConfigError, ConfigIssue, SpawnError
+from supervisor.model import (
+    ConfigRejected,
+    ConfigReloaded,
+    Event,
+    ExitReason,
+    ExitStatus,
+    Mode,
+    RestartScheduled,
+    WorkerExited,
+    WorkerGaveUp,
+    WorkerOutput,
+    WorkerStarted,
+)
+from supervisor.policy import RestartTracker
+from supervisor.runner import GroupGuard, ProcessSpec, RunningProcess, spawn
+
+log = logging.getLogger("supervisor")
+
+Publish = Callable[[Event], None]
+SideTask = Callable[[], Awaitable[None]]
+
+EXIT_OK = 0
+EXIT_CRITICAL_FAILED = 1
+
+
+def worker_argv(config: WorkerConfig) -> tuple[str, ...]:
+    """The program to exec: `python -m mod`, a call of `mod:func`, or the command as given."""
+    if config.command is not None:
+        return tuple(config.command)
+    module = config.module or ""
+    if ":" in module:
+        mod, func = module.split(":", 1)
+        code = f"import importlib, sys; sys.exit(importlib.import_module({mod!r}).{func}())"
+        return (sys.executable, "-c", code)
+    return (sys.executable, "-m", module)
+
+
+def worker_env(
+    base: Mapping[str, str],
+    settings: Settings,
+    name: str,
+    config: WorkerConfig,
+    grant_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The child's environment: the supervisor's own minus its settings, the worker's
+    `env`, then the variables SPEC.md promises (which a worker's `env` cannot mask)."""
+    env = {key: value for key, value in base.items() if not key.startswith("SUPERVISOR_")}
+    if config.module is not None:
+        env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
+    env.update(config.env)
+    env.update(
+        SUPERVISOR_WORKER=name,
+        SUPERVISOR_NODE_ID=settings.node_id,
+        SUPERVISOR_GROUP=settings.group,
+        SUPERVISOR_MODE=str(config.mode),
+    )
+    env.update(grant_env)
+    if config.pass_database_url:
+        env["SUPERVISOR_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def make_mode(name: str, config: WorkerConfig) -> WorkerMode:
+    """The mode object for one worker; ConfigError for a mode this build cannot run."""
+    if config.mode is Mode.EVERY_NODE:
+        return EveryNode()
+    raise ConfigError(
+        "config",
+        [ConfigIssue(f"workers.{name}.mode", f'mode "{config.mode}" is not available in this version')],
+    )
+
+
+class WorkerState(StrEnum):
+    WAITING = "waiting"  # for its mode's grant
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    EXITED = "exited"  # ended and not restarted under its policy
+    FAILED = "failed"  # gave up after max_restarts
+    STOPPED = "stopped"
+
+
+class WorkerSupervisor:
+    """Runs one worker: grant, spawn, watch, restart; stops when asked."""
+
+    def __init__(
+        self,
+        name: str,
+        config: WorkerConfig,
+        settings: Settings,
+        *,
+        mode: WorkerMode,
+        publish: Publish,
+        guard: GroupGuard | None,
+        base_dir: Path,
+        environ: Mapping[str, str],
+        clock: Clock,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.state = WorkerState.WAITING
+        self._settings = settings
+        self._mode = mode
+        self._publish = publish
+        self._guard = guard
+        self._cwd = str(base_dir / config.cwd)
+        self._environ = environ
+        self._clock = clock
+        self._stop = asyncio.Event()
+        self._proc: RunningProcess | None = None
+        self._tracker = RestartTracker(
+            config.restart, config.backoff.to_policy(), config.max_restarts, config.restart_window
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def kill_now(self) -> None:
+        """Escalation: SIGKILL the running child's group without waiting."""
+        self._stop.set()
+        if self._proc is not None:
+            self._proc.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def forward(self, sig: signal.Signals) -> None:
+        if self._proc is not None:
+            self._proc.signal_group(sig)
+
+    async def run(self) -> WorkerState:
+        while not self._stop.is_set():
+            grant = await self._unless_stopped(self._mode.acquire())
+            if grant is None:
+                break
+            reason = "stopped"
+            try:
+                if await self._run_granted(grant):
+                    reason = str(self.state)
+                    break
+            finally:
+                await asyncio.shield(self._mode.release(grant, reason))
+        if self.state not in (WorkerState.EXITED, WorkerState.FAILED):
+            self.state = WorkerState.STOPPED
+        return self.state
+
+    async def _run_granted(self, grant: Grant) -> bool:
+        """Run and restart the child while the grant holds; True when the worker is done."""
+        while True:
+            status = await self._run_once(grant)
+            if status is not None and status.stop_requested:
+                return self._stop.is_set()
+            success = status is not None and status.success
+            uptime = self._last_uptime
+            decision = self._tracker.on_exit(success=success, uptime=uptime, now=self._clock.monotonic())
+            if decision.give_up:
+                self.state = WorkerState.FAILED
+                self._publish(WorkerGaveUp(self.name, self.config.max_restarts,
+                                           self.config.restart_window, self.config.critical))
+                return True
+            if not decision.restart:
+                self.state = WorkerState.EXITED
+                return True
+            self.state = WorkerState.BACKOFF
+            self._publish(RestartScheduled(self.name, decision.delay, decision.attempt))
+            if await self._interrupted(grant, decision.delay):
+                return self._stop.is_set()
+
+    async def _run_once(self, grant: Grant) -> ExitStatus | None:
+        """Start the child and supervise it to its end; None when it could not start."""
+        spec = ProcessSpec(
+            argv=worker_argv(self.config),
+            env=worker_env(self._environ, self._settings, self.name, self.config, grant.env),
+            cwd=self._cwd,
+            stop_signal=self.config.stop_signal,
+            stop_timeout=self.config.stop_timeout,
+        )
+        self._last_uptime = 0.0
+        try:
+            proc = await spawn(spec, self._sink, guard=self._guard, clock=self._clock)
+        except SpawnError as exc:
+            log.error("%s: %s", self.name, exc)
+            self._publish(WorkerExited(self.name, None, ExitReason.SPAWN_FAILED, str(exc), 0.0))
+            return None
+        self._proc = proc
+        self.state = WorkerState.RUNNING
+        self._publish(WorkerStarted(self.name, proc.pid, spec.argv))
+        try:
+            status = await self._supervise(proc, grant)
+        finally:
+            self._proc = None
+        self._last_uptime = proc.uptime()
+        self._publish(WorkerExited(self.name, proc.pid, status.reason, status.describe(),
+                                   self._last_uptime))
+        return status
+
+    async def _supervise(self, proc: RunningProcess, grant: Grant) -> ExitStatus:
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            await _first_of(exited, self._stop.wait(), grant.revoked.wait())
+        except asyncio.CancelledError:
+            # Cancelled from outside (the loop is going down): never leave the child behind.
+            await asyncio.shield(proc.stop())
+            raise
+        if exited.done():
+            return exited.result()
+        grace = grant.stop_grace if grant.revoked.is_set() and grant.stop_grace is not None else None
+        return await asyncio.shield(proc.stop(timeout=grace))
+
+    async def _interrupted(self, grant: Grant, delay: float) -> bool:
+        """Wait out a backoff delay; True if a stop or revocation came first."""
+        if self._stop.is_set() or grant.revoked.is_set():
+            return True
+        try:
+            async with asyncio.timeout(delay):
+                await _first_of(self._stop.wait(), grant.revoked.wait())
+        except TimeoutError:
+            return False
+        return True
+
+    async def _unless_stopped(self, acquiring: Awaitable[Grant]) -> Grant | None:
+        task = asyncio.ensure_future(acquiring)
+        await _first_of(task, self._stop.wait())
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    def _sink(self, stream: str, line: str) -> None:
+        self._publish(WorkerOutput(self.name, stream, line))
+
+    _last_uptime = 0.0
+
+
+async def _first_of(*awaitables: Awaitable[object]) -> None:
+    """Wait until one finishes. Coroutines passed in are cancelled after; futures and
+    tasks passed in belong to the caller and are left running."""
+    owned = [asyncio.ensure_future(a) for a in awaitables if not asyncio.isfuture(a)]
+    shared = [a for a in awaitables if asyncio.isfuture(a)]
+    try:
+        await asyncio.wait([*owned, *shared], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in owned:
+            task.cancel()
+
+
+class Supervisor:
+    """All workers of one node, and the signals that steer them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path,
+        publish: Publish,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._config_path = config_path
+        self._base_dir = config_path.resolve().parent
+        self._publish = publish
+        self._clock = clock or SystemClock()
+        self._environ = dict(os.environ if environ is None else environ)
+        self._stopping = asyncio.Event()
+        self._stop_signals = 0
+        self._exit_code = EXIT_OK
+        self._workers: dict[str, WorkerSupervisor] = {}
+        self._tasks: dict[str, asyncio.Task[WorkerState]] = {}
+        self._guard: GroupGuard | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._reload_lock = asyncio.Lock()
+        self._modes = {name: make_mode(name, cfg) for name, cfg in settings.workers.items()}
+
+    @property
+    def workers(self) -> Mapping[str, WorkerSupervisor]:
+        return self._workers
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, side_tasks: Sequence[SideTask] = ()) -> int:
+        """Run until stopped; returns the process exit code."""
+        self._guard = GroupGuard()
+        await self._guard.start()
+        self._install_signals()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                sides = [group.create_task(side(), name="side") for side in side_tasks]
+                for name, config in self.settings.workers.items():
+                    self._start_worker(name, config, self._modes[name])
+                await self._stopping.wait()
+                await self._stop_workers(list(self._workers))
+                for task in sides:
+                    task.cancel()
+        finally:
+            self._remove_signals()
+            await self._guard.close()
+        return self._exit_code
+
+    def _start_worker(self, name: str, config: WorkerConfig, mode: WorkerMode) -> None:
+        if self._group is None:
+            raise RuntimeError("workers start only inside Supervisor.run()")
+        worker = WorkerSupervisor(
+            name, config, self.settings, mode=mode, publish=self._publish, guard=self._guard,
+            base_dir=self._base_dir, environ=self._environ, clock=self._clock,
+        )
+        self._workers[name] = worker
+        task = self._group.create_task(worker.run(), name=f"worker-{name}")
+        task.add_done_callback(lambda t, w=worker: self._worker_done(w, t))
+        self._tasks[name] = task
+
+    def _worker_done(self, worker: WorkerSupervisor, task: asyncio.Task[WorkerState]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result() is WorkerState.FAILED and worker.config.critical:
+            log.error("critical worker %s failed: stopping the supervisor", worker.name)
+            self._exit_code = EXIT_CRITICAL_FAILED
+            self._stopping.set()
+
+    async def _stop_workers(self, names: Sequence[str]) -> None:
+        """Stop the given workers at once, in parallel, and wait for all of them."""
+        for name in names:
+            self._workers[name].request_stop()
+        tasks = [self._tasks[name] for name in names]
+        if tasks:
+            await asyncio.wait(tasks)
+        for name in names:
+            self._workers.pop(name, None)
+            self._tasks.pop(name, None)
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(sig, self._forward, sig)
+        if os.getpid() == 1:
+            loop.add_signal_handler(signal.SIGCHLD, self._reap_orphans)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGCHLD):
+            loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        self._stop_signals += 1
+        if self._stop_signals == 1:
+            log.info("received %s: stopping %d workers", sig.name, len(self._workers))
+            self._stopping.set()
+            return
+        log.warning("received %s again: killing every child now", sig.name)
+        for worker in self._workers.values():
+            worker.kill_now()
+
+    def _forward(self, sig: signal.Signals) -> None:
+        for worker in self._workers.values():
+            worker.forward(sig)
+
+    def _on_hangup(self) -> None:
+        if not self._stopping.is_set() and self._group is not None:
+            self._group.create_task(self.reload(), name="reload")
+
+    def _reap_orphans(self) -> None:
+        ours = {w.pid for w in self._workers.values() if w.pid is not None}
+        for pid in _orphan_zombies(exclude=ours):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the file and apply what changed; False (and nothing changed) if invalid."""
+        async with self._reload_lock:
+            try:
+                new = load_config(self._config_path).with_identity(self._environ)
+                modes = {name: make_mode(name, cfg) for name, cfg in new.workers.items()}
+            except ConfigError as exc:
+                issues = tuple(str(issue) for issue in exc.issues)
+                log.error("reload rejected, keeping the running set: %s", "; ".join(issues))
+                self._publish(ConfigRejected("", issues))
+                return False
+            self._warn_unapplied(new)
+            old = {name: w.config for name, w in self._workers.items()}
+            removed = sorted(old.keys() - new.workers.keys())
+            added = sorted(new.workers.keys() - old.keys())
+            changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
+            await self._stop_workers(removed + changed)
+            self.settings = self.settings.model_copy(update={"workers": new.workers})
+            for name in added + changed:
+                self._start_worker(name, new.workers[name], modes[name])
+            self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
+            return True
+
+    def _warn_unapplied(self, new: Settings) -> None:
+        for key in Settings.model_fields:
+            if key != "workers" and getattr(new, key) != getattr(self.settings, key):
+                log.warning("reload: a change of %r takes effect only on restart", key)
+
+
+def _orphan_zombies(exclude: set[int]) -> list[int]:
+    """Zombie children of this process (PID 1) that it did not start itself."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        # A child of ours leads its own group (pgrp == pid); an orphan rarely does, and one
+        # that does may be a child whose start is still being recorded: leave those be.
+        if state == b"Z" and ppid == me and pgrp != int(entry):
+            found.append(int(entry))
+    return found

@@ -1,0 +1,151 @@
+"""The command line; the only module that reads argv. Commands stay thin.
+
+Exit codes: 0 success; 1 a runtime failure (a critical worker gave up, the metrics
+port is taken); 2 invalid input (a config problem or a usage error), never
+with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from supervisor import __version__
+from supervisor.config import Settings, load_config
+from supervisor.errors import ConfigError
+from supervisor.model import Event
+
+EXIT_INVALID = 2
+EXIT_RUNTIME = 1
+EXIT_CRASHED = 70  # EX_SOFTWARE: a bug in the supervisor itself
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="SUPERVISOR_CONFIG",
+    default="supervisor.toml",
+    show_default="$SUPERVISOR_CONFIG, then ./supervisor.toml",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The TOML file that declares the workers.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fleet-supervisor")
+def main() -> None:
+    """Supervise workers on every node, coordinated through one SQL database."""
+
+
+@main.command()
+@config_option
+def check(config_path: Path) -> None:
+    """Validate the file and print the effective config (secrets masked)."""
+    import tomli_w
+
+    conflict = _supervisord_conflict()
+    settings = _load(config_path).with_identity(os.environ)
+    if conflict:
+        _fail(conflict)
+    click.echo(tomli_w.dumps(settings.masked()), nl=False)
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
+    from supervisor.app import make_mode
+    from supervisor.logs import configure_logging
+
+    settings = _load(config_path).with_identity(os.environ)
+    try:
+        for name, worker in settings.workers.items():
+            make_mode(name, worker)
+    except ConfigError as exc:
+        _fail(_describe(config_path, exc))
+    configure_logging(settings.log_format)
+    sys.exit(_run(settings, config_path))
+
+
+def _run(settings: Settings, config_path: Path) -> int:
+    from supervisor.runner import use_pidfd_child_watcher
+
+    use_pidfd_child_watcher()
+    try:
+        return asyncio.run(_serve(settings, config_path))
+    except Exception:  # an ExceptionGroup from the root TaskGroup, or worse: a bug
+        import logging
+
+        logging.getLogger("supervisor").critical("the supervisor crashed", exc_info=True)
+        return EXIT_CRASHED
+
+
+async def _serve(settings: Settings, config_path: Path) -> int:
+    import logging
+
+    from supervisor.app import Supervisor
+    from supervisor.http import HealthServer
+    from supervisor.logs import EventLog
+    from supervisor.metrics import Metrics
+
+    metrics = Metrics()
+    subscribers = [EventLog(settings.log_format), metrics]
+
+    def publish(event: Event) -> None:
+        for subscriber in subscribers:
+            subscriber(event)
+
+    sides = []
+    if settings.metrics.enabled:
+        server = HealthServer(settings.metrics.host, settings.metrics.port, metrics.exposition)
+        try:
+            await server.start()
+        except OSError as exc:
+            logging.getLogger("supervisor").error(
+                "metrics.port: cannot listen on %s:%d: %s", settings.metrics.host,
+                settings.metrics.port, exc.strerror or exc,
+            )
+            return EXIT_RUNTIME
+        sides.append(server.serve)
+    supervisor = Supervisor(settings, config_path=config_path, publish=publish)
+    logging.getLogger("supervisor").info(
+        "node %s in group %s: starting %d workers", settings.node_id, settings.group,
+        len(settings.workers),
+    )
+    return await supervisor.run(sides)
+
+
+def _load(config_path: Path) -> Settings:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        _fail(_describe(config_path, exc))
+
+
+def _describe(config_path: Path, exc: ConfigError) -> str:
+    lines = "\n".join(f"  {issue}" for issue in exc.issues)
+    return f"{config_path}: invalid configuration\n{lines}"
+
+
+def _supervisord_conflict() -> str | None:
+    """supervisord's distribution also owns the import name `supervisor`."""
+    try:
+        dist = importlib.metadata.distribution("supervisor")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return (
+        f"supervisord (the PyPI distribution 'supervisor' {dist.version}) is installed in this "
+        "environment and owns the same import name 'supervisor' as fleet-supervisor; the two "
+        "must not share one environment: uninstall it or use a separate virtualenv"
+    )
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_INVALID)

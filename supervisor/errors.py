@@ -1,0 +1,51 @@
+"""The exception tree. Pure: imports nothing from the project.
+
+    SupervisorError
+    ├── ConfigError          the config file or an override is invalid; carries every issue
+    ├── SpawnError           a worker's program could not be started
+    └── StoreError           the coordination store failed (translated at the SQL seam)
+        └── StoreUnavailable the database could not be reached in time
+
+Losing an election is a return value, never an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SupervisorError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file: where it is (a dotted key path) and what is wrong."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(SupervisorError):
+    """The configuration is refused whole; `issues` names every problem found."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        lines = "\n".join(f"  {issue}" for issue in issues)
+        super().__init__(f"{source}: invalid configuration\n{lines}")
+
+
+class SpawnError(SupervisorError):
+    """The operating system refused to start a worker's program."""
+
+
+class StoreError(SupervisorError):
+    """The coordination store failed; the cause is chained with `raise ... from`."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or did not answer within the time allowed."""

@@ -1,0 +1,290 @@
+"""One child process: spawn, stream its output, stop it with a grace period. Knows no store.
+
+Invariants:
+- Every child leads its own session and process group; stopping signals the whole
+  group, so grandchildren go too.
+- A child never outlives the supervisor: on Linux the kernel sends it SIGKILL when
+  the supervisor dies (PR_SET_PDEATHSIG, set in the child before exec, with a check
+  that the parent did not die in between). On every platform a `GroupGuard`, a tiny
+  /bin/sh process in a session of its own, holds the list of live process groups and
+  SIGKILLs them all when the supervisor's end of its pipe closes, however the
+  supervisor died; this also catches grandchildren, which PDEATHSIG does not.
+- Children are spawned from the event loop's thread only: PDEATHSIG fires when the
+  thread that forked the child ends, not the process.
+- Exit statuses come from waiting on each child's own pid; nothing here reaps
+  processes it did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from supervisor.clock import Clock, SystemClock
+from supervisor.errors import SpawnError
+from supervisor.model import ExitStatus
+
+OutputSink = Callable[[str, str], None]  # (stream name, line without newline)
+
+_PR_SET_PDEATHSIG = 1
+_READ_CHUNK = 65536
+_MAX_LINE = 64 * 1024  # longer lines are passed on in pieces of this size
+_GROUP_POLL = 0.05  # leftover group members cannot be awaited, only polled
+_DRAIN_AFTER_EXIT = 1.0  # how long output may keep flowing after the child is gone
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """Runs in the forked child before exec: die with the parent."""
+
+    def setup() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+_GUARD_SCRIPT = r"""
+trap '' INT TERM HUP QUIT USR1 USR2
+groups=" "
+while IFS= read -r line; do
+  case "$line" in
+    +*) groups="$groups${line#+} " ;;
+    -*) keep=" "
+        for g in $groups; do [ "$g" = "${line#-}" ] || keep="$keep$g "; done
+        groups="$keep" ;;
+  esac
+done
+for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+"""
+
+
+class GroupGuard:
+    """Kills every registered process group when the supervisor goes away, however it goes."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", _GUARD_SCRIPT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def register(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def unregister(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def _send(self, line: str) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._proc.stdin.write(line.encode())
+
+    async def close(self) -> None:
+        """A clean end: every group has been unregistered, so the guard kills nothing."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        if proc.stdin is not None:
+            proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.wait_for(proc.wait(), timeout=2.0)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to run; the environment is final (the caller composed it)."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+
+
+class RunningProcess:
+    """A started child. `wait()` and `stop()` may be awaited from several tasks."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        spec: ProcessSpec,
+        sink: OutputSink,
+        guard: GroupGuard | None,
+        clock: Clock,
+    ) -> None:
+        self._proc = proc
+        self.spec = spec
+        self.pid = proc.pid
+        self.started_at = clock.monotonic()
+        self._clock = clock
+        self._guard = guard
+        self._stop_requested = False
+        self._readers = [
+            asyncio.create_task(_pump(stream, name, sink), name=f"output-{self.pid}-{name}")
+            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
+            if stream is not None
+        ]
+        self._done: asyncio.Task[ExitStatus] = asyncio.create_task(
+            self._finish(), name=f"child-{self.pid}"
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def uptime(self) -> float:
+        return self._clock.monotonic() - self.started_at
+
+    async def wait(self) -> ExitStatus:
+        """The exit status, once the child has exited and its group and output are done."""
+        return await asyncio.shield(self._done)
+
+    async def stop(self, sig: signal.Signals | None = None, timeout: float | None = None) -> ExitStatus:
+        """Send `sig` to the group, SIGKILL it after `timeout`, and wait for the end."""
+        self._stop_requested = True
+        self.signal_group(sig or self.spec.stop_signal)
+        grace = self.spec.stop_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(grace):
+                return await self.wait()
+        except TimeoutError:
+            self.kill()
+            return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group now (used after a grace period, or on escalation)."""
+        self._stop_requested = True
+        self.signal_group(signal.SIGKILL)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    async def _finish(self) -> ExitStatus:
+        returncode = await self._proc.wait()
+        status = ExitStatus(returncode, stop_requested=self._stop_requested)
+        try:
+            await self._clear_group()
+            await _drain(self._readers)
+        finally:
+            if self._guard is not None:
+                self._guard.unregister(self.pid)
+        return status
+
+    async def _clear_group(self) -> None:
+        """Members of the group may outlive the child: give them the stop signal, then SIGKILL."""
+        if not _group_alive(self.pid):
+            return
+        self.signal_group(signal.SIGKILL if self._stop_requested else self.spec.stop_signal)
+        deadline = self._clock.monotonic() + self.spec.stop_timeout
+        while _group_alive(self.pid) and self._clock.monotonic() < deadline:
+            await asyncio.sleep(_GROUP_POLL)
+        self.signal_group(signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def spawn(
+    spec: ProcessSpec,
+    sink: OutputSink,
+    *,
+    guard: GroupGuard | None = None,
+    clock: Clock | None = None,
+) -> RunningProcess:
+    """Start the program in its own session; raises SpawnError if it cannot be started."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_child_setup(os.getpid()),
+            limit=_MAX_LINE,
+        )
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        where = f" in {spec.cwd!r}" if exc.filename == spec.cwd else ""
+        raise SpawnError(f"cannot start {spec.argv[0]!r}{where}: {what}") from exc
+    if guard is not None:
+        guard.register(proc.pid)
+    return RunningProcess(proc, spec, sink, guard, clock or SystemClock())
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, sink: OutputSink) -> None:
+    """Pass each line to the sink; a line longer than _MAX_LINE goes in pieces."""
+    pending = b""
+    while chunk := await stream.read(_READ_CHUNK):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            _emit(sink, name, line)
+        while len(pending) >= _MAX_LINE:
+            _emit(sink, name, pending[:_MAX_LINE])
+            pending = pending[_MAX_LINE:]
+    if pending:
+        _emit(sink, name, pending)
+
+
+def _emit(sink: OutputSink, name: str, line: bytes) -> None:
+    sink(name, line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+
+async def _drain(readers: Sequence[asyncio.Task[None]]) -> None:
+    """Let the readers finish; a grandchild that escaped the group may hold a pipe open."""
+    _, pending = await asyncio.wait(readers, timeout=_DRAIN_AFTER_EXIT)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11, wait on children through pidfds instead of a thread per child.
+
+    Python 3.12 does this by itself. Either way each child is waited on by its own
+    pid, so exit codes are never stolen.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())  # type: ignore[attr-defined]

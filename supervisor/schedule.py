@@ -1,0 +1,72 @@
+"""Cron and @every schedules: pure functions of (expression, timezone, now).
+
+Expressions: five cron fields; six with a leading seconds field (as in Quartz
+and robfig/cron); or "@every <duration>", whose ticks are aligned to the Unix
+epoch so every node computes the same instants. This module validates
+expressions now; tick computation for cron mode builds on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from supervisor.model import format_duration, parse_duration
+
+_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    expr: str
+    seconds_field: bool  # six fields, the first one for seconds
+
+
+@dataclass(frozen=True)
+class EverySchedule:
+    period: float  # seconds, > 0
+
+    @property
+    def expr(self) -> str:
+        return f"@every {format_duration(self.period)}"
+
+
+Schedule = CronSchedule | EverySchedule
+
+
+def parse_schedule(expr: str) -> Schedule:
+    """Parse and validate a schedule; raises ValueError naming the expression."""
+    text = " ".join(expr.split())
+    if text.startswith("@every"):
+        rest = text.removeprefix("@every").strip()
+        try:
+            period = parse_duration(rest)
+        except ValueError:
+            raise ValueError(
+                f'invalid schedule "{expr}": @every takes a duration such as "30s"'
+            ) from None
+        if period <= 0:
+            raise ValueError(f'invalid schedule "{expr}": the period must be positive')
+        return EverySchedule(period)
+    if text.lower() in _ALIASES:
+        return CronSchedule(text.lower(), seconds_field=False)
+    fields = text.split(" ")
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f'invalid cron expression "{expr}": expected five fields '
+            "(minute hour day month weekday), six with a leading seconds field, or @every"
+        )
+    seconds = len(fields) == 6
+    if not croniter.is_valid(text, second_at_beginning=seconds):
+        raise ValueError(f'invalid cron expression "{expr}"')
+    return CronSchedule(text, seconds_field=seconds)
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """An IANA time zone; raises ValueError naming it when unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f'unknown time zone "{name}" (use an IANA name such as "Europe/Berlin")') from None
