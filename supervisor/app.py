@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.config import Settings, WorkerConfig, load_config
@@ -44,15 +46,16 @@ from supervisor.model import (
     WorkerStarted,
 )
 from supervisor.policy import RestartTracker
-from supervisor.runner import GroupGuard, ProcessSpec, RunningProcess, spawn
+from supervisor.runner import GroupGuard, ProcessSpec, RunningProcess, reap_orphans, spawn
 
 log = logging.getLogger("supervisor")
 
 Publish = Callable[[Event], None]
-SideTask = Callable[[], Awaitable[None]]
+SideTask = Callable[[], Coroutine[Any, Any, None]]
 
 EXIT_OK = 0
 EXIT_CRITICAL_FAILED = 1
+_REAP_RETRY = 0.05
 
 
 def worker_argv(config: WorkerConfig) -> tuple[str, ...]:
@@ -98,7 +101,8 @@ def make_mode(name: str, config: WorkerConfig) -> WorkerMode:
         return EveryNode()
     raise ConfigError(
         "config",
-        [ConfigIssue(f"workers.{name}.mode", f'mode "{config.mode}" is not available in this version')],
+        [ConfigIssue(f"workers.{name}.mode",
+                     f'mode "{config.mode}" is not available in this version')],
     )
 
 
@@ -184,11 +188,14 @@ class WorkerSupervisor:
                 return self._stop.is_set()
             success = status is not None and status.success
             uptime = self._last_uptime
-            decision = self._tracker.on_exit(success=success, uptime=uptime, now=self._clock.monotonic())
+            now = self._clock.monotonic()
+            decision = self._tracker.on_exit(success=success, uptime=uptime, now=now)
             if decision.give_up:
                 self.state = WorkerState.FAILED
-                self._publish(WorkerGaveUp(self.name, self.config.max_restarts,
-                                           self.config.restart_window, self.config.critical))
+                self._publish(WorkerGaveUp(
+                    self.name, self.config.max_restarts, self.config.restart_window,
+                    self.config.critical,
+                ))
                 return True
             if not decision.restart:
                 self.state = WorkerState.EXITED
@@ -236,8 +243,9 @@ class WorkerSupervisor:
             raise
         if exited.done():
             return exited.result()
-        grace = grant.stop_grace if grant.revoked.is_set() and grant.stop_grace is not None else None
-        return await asyncio.shield(proc.stop(timeout=grace))
+        revoked = grant.revoked.is_set() and grant.stop_grace is not None
+        grace = grant.stop_grace if revoked else None
+        return await asyncio.shield(proc.stop(grace=grace))
 
     async def _interrupted(self, grant: Grant, delay: float) -> bool:
         """Wait out a backoff delay; True if a stop or revocation came first."""
@@ -342,7 +350,7 @@ class Supervisor:
         )
         self._workers[name] = worker
         task = self._group.create_task(worker.run(), name=f"worker-{name}")
-        task.add_done_callback(lambda t, w=worker: self._worker_done(w, t))
+        task.add_done_callback(functools.partial(self._worker_done, worker))
         self._tasks[name] = task
 
     def _worker_done(self, worker: WorkerSupervisor, task: asyncio.Task[WorkerState]) -> None:
@@ -401,10 +409,8 @@ class Supervisor:
             self._group.create_task(self.reload(), name="reload")
 
     def _reap_orphans(self) -> None:
-        ours = {w.pid for w in self._workers.values() if w.pid is not None}
-        for pid in _orphan_zombies(exclude=ours):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+        if not reap_orphans():  # a spawn is in flight: look again once it is recorded
+            asyncio.get_running_loop().call_later(_REAP_RETRY, self._reap_orphans)
 
     # --- reload ----------------------------------------------------------------------------
 
@@ -435,23 +441,3 @@ class Supervisor:
         for key in Settings.model_fields:
             if key != "workers" and getattr(new, key) != getattr(self.settings, key):
                 log.warning("reload: a change of %r takes effect only on restart", key)
-
-
-def _orphan_zombies(exclude: set[int]) -> list[int]:
-    """Zombie children of this process (PID 1) that it did not start itself."""
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
-        # A child of ours leads its own group (pgrp == pid); an orphan rarely does, and one
-        # that does may be a child whose start is still being recorded: leave those be.
-        if state == b"Z" and ppid == me and pgrp != int(entry):
-            found.append(int(entry))
-    return found

@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -89,19 +90,19 @@ def _run(settings: Settings, config_path: Path) -> int:
 async def _serve(settings: Settings, config_path: Path) -> int:
     import logging
 
-    from supervisor.app import Supervisor
+    from supervisor.app import SideTask, Supervisor
     from supervisor.http import HealthServer
     from supervisor.logs import EventLog
     from supervisor.metrics import Metrics
 
     metrics = Metrics()
-    subscribers = [EventLog(settings.log_format), metrics]
+    subscribers: list[Callable[[Event], None]] = [EventLog(settings.log_format), metrics]
 
     def publish(event: Event) -> None:
         for subscriber in subscribers:
             subscriber(event)
 
-    sides = []
+    sides: list[SideTask] = []
     if settings.metrics.enabled:
         server = HealthServer(settings.metrics.host, settings.metrics.port, metrics.exposition)
         try:

@@ -42,14 +42,15 @@ class HealthServer:
         return self.port
 
     async def serve(self) -> None:
-        """Serve until cancelled."""
-        if self._server is None:
+        """Serve until cancelled (starting first if `start` was not awaited)."""
+        server = self._server
+        if server is None:
             await self.start()
-        assert self._server is not None
+            return await self.serve()
         try:
-            await self._server.serve_forever()
+            await server.serve_forever()
         finally:
-            self._server.close()
+            server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

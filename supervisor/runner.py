@@ -11,8 +11,9 @@ Invariants:
   supervisor died; this also catches grandchildren, which PDEATHSIG does not.
 - Children are spawned from the event loop's thread only: PDEATHSIG fires when the
   thread that forked the child ends, not the process.
-- Exit statuses come from waiting on each child's own pid; nothing here reaps
-  processes it did not start.
+- Exit statuses come from waiting on each child's own pid. The only reaping of
+  other processes is `reap_orphans()`, for a supervisor running as PID 1: it takes
+  zombies the kernel handed over and never one of the processes started here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.errors import SpawnError
@@ -43,7 +45,8 @@ def _load_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):
         return None
 
@@ -61,6 +64,46 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return setup
+
+
+class _Children:
+    """The processes started here, so the PID-1 reaper never steals their exit statuses."""
+
+    pids: set[int] = set()
+    spawning = 0  # forks in flight whose pid is not recorded yet
+
+
+async def _start(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    _Children.spawning += 1
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        _Children.pids.add(proc.pid)
+        return proc
+    finally:
+        _Children.spawning -= 1
+
+
+def reap_orphans() -> bool:
+    """Reap zombie children that this process did not start (it runs as PID 1).
+
+    Returns False, reaping nothing, while a spawn is in flight: a zombie might then be
+    a child whose pid is not recorded yet; the caller tries again shortly.
+    """
+    if _Children.spawning:
+        return False
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in _Children.pids:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+    return True
 
 
 _GUARD_SCRIPT = r"""
@@ -85,7 +128,7 @@ class GroupGuard:
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
+        self._proc = await _start(
             "/bin/sh", "-c", _GUARD_SCRIPT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
@@ -111,8 +154,9 @@ class GroupGuard:
         proc, self._proc = self._proc, None
         if proc.stdin is not None:
             proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, TimeoutError):
             await asyncio.wait_for(proc.wait(), timeout=2.0)
+        _Children.pids.discard(proc.pid)
 
 
 @dataclass(frozen=True)
@@ -164,11 +208,13 @@ class RunningProcess:
         """The exit status, once the child has exited and its group and output are done."""
         return await asyncio.shield(self._done)
 
-    async def stop(self, sig: signal.Signals | None = None, timeout: float | None = None) -> ExitStatus:
-        """Send `sig` to the group, SIGKILL it after `timeout`, and wait for the end."""
+    async def stop(
+        self, sig: signal.Signals | None = None, grace: float | None = None
+    ) -> ExitStatus:
+        """Send `sig` to the group, SIGKILL it after `grace` seconds, and wait for the end."""
         self._stop_requested = True
         self.signal_group(sig or self.spec.stop_signal)
-        grace = self.spec.stop_timeout if timeout is None else timeout
+        grace = self.spec.stop_timeout if grace is None else grace
         try:
             async with asyncio.timeout(grace):
                 return await self.wait()
@@ -187,6 +233,7 @@ class RunningProcess:
 
     async def _finish(self) -> ExitStatus:
         returncode = await self._proc.wait()
+        _Children.pids.discard(self.pid)
         status = ExitStatus(returncode, stop_requested=self._stop_requested)
         try:
             await self._clear_group()
@@ -202,7 +249,8 @@ class RunningProcess:
             return
         self.signal_group(signal.SIGKILL if self._stop_requested else self.spec.stop_signal)
         deadline = self._clock.monotonic() + self.spec.stop_timeout
-        while _group_alive(self.pid) and self._clock.monotonic() < deadline:
+        # Not our children: no exit to await, so poll (rare: only leftovers after an exit).
+        while _group_alive(self.pid) and self._clock.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL)
         self.signal_group(signal.SIGKILL)
 
@@ -226,7 +274,7 @@ async def spawn(
 ) -> RunningProcess:
     """Start the program in its own session; raises SpawnError if it cannot be started."""
     try:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await _start(
             *spec.argv,
             env=dict(spec.env),
             cwd=spec.cwd,
@@ -287,4 +335,4 @@ def use_pidfd_child_watcher() -> None:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:
         return
-    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())  # type: ignore[attr-defined]
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())

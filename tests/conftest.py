@@ -1,0 +1,170 @@
+"""Shared test support: run the installed `supervisor` command and wait on what it prints.
+
+Waiting is always on an event (a line the supervisor or a worker printed, a process
+ending) with a deadline; never a sleep standing in for synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SUPERVISOR_BIN = Path(sys.executable).parent / "supervisor"
+WORKERS = Path(__file__).parent / "workers"
+PYTHON = sys.executable
+
+
+def worker_command(script: str, *args: str) -> str:
+    """A TOML array running one of tests/workers/ with this interpreter."""
+    items = [PYTHON, str(WORKERS / script), *args]
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition that has no event to wait on (another process's death)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Running:
+    """A `supervisor run` subprocess whose output lines are collected as they arrive."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.lines: list[tuple[str, str]] = []
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._cursor = 0
+        self._readers = [
+            threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, stream: object) -> None:
+        assert stream is not None
+        for raw in stream:  # type: ignore[attr-defined]
+            self._queue.put((name, raw.decode(errors="replace").rstrip("\n")))
+        self._queue.put(None)
+
+    def _drain(self, timeout: float) -> bool:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if item is not None:
+            self.lines.append(item)
+        return True
+
+    def expect(self, pattern: str, timeout: float = 15.0, stream: str | None = None,
+               after_start: bool = False) -> re.Match[str]:
+        """Wait for a new line matching `pattern` (searched, not anchored) and return the match.
+
+        Lines are consumed in order: each call looks only at lines after the last match,
+        unless `after_start` asks to search everything seen so far.
+        """
+        regex = re.compile(pattern)
+        start = 0 if after_start else self._cursor
+        deadline = time.monotonic() + timeout
+        index = start
+        while True:
+            while index < len(self.lines):
+                name, line = self.lines[index]
+                index += 1
+                if (stream is None or name == stream) and (match := regex.search(line)):
+                    self._cursor = index
+                    return match
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (not self._drain(remaining) and self.proc.poll() is not None):
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout}s; output:\n" + self.text()
+                )
+
+    def text(self) -> str:
+        while self._drain(0):
+            pass
+        return "\n".join(f"[{name}] {line}" for name, line in self.lines)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        self.text()
+        return code
+
+    def close(self) -> None:
+        """Release the pipes once the process is gone."""
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def kill_all(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def supervisor_run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Start `supervisor run -c <tmp>/supervisor.toml` with the given TOML text."""
+    started: list[Running] = []
+
+    def start(config: str, *, env: dict[str, str] | None = None,
+              name: str = "supervisor.toml", prefix: list[str] | None = None) -> Running:
+        path = tmp_path / name
+        path.write_text(config)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+        full_env.update(env or {})
+        argv = [*(prefix or []), str(SUPERVISOR_BIN), "run", "-c", str(path)]
+        running = Running(argv, full_env, tmp_path)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.signal(signal.SIGTERM)
+            try:
+                running.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                running.kill_all()
+        running.close()
+
+
+BASE_CONFIG = """
+[metrics]
+enabled = false
+"""
