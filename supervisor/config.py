@@ -20,6 +20,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -31,7 +32,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from supervisor.errors import ConfigError, ConfigIssue
 from supervisor.model import (
@@ -235,6 +241,17 @@ class Settings(BaseSettings):
                 f'unsupported database URL "{mask_url(value)}": use sqlite:///FILE, '
                 "postgresql+psycopg://…, or mysql+pymysql://…"
             )
+        # fix: a port out of range or a broken IPv6 host used to pass `check` and fail only
+        # when connecting. Never echo the parser's message: it can quote part of the password.
+        if scheme != "sqlite":
+            try:
+                parts = urlsplit(value)
+                _ = parts.hostname, parts.port
+            except ValueError:
+                raise ValueError(
+                    f'invalid database URL "{mask_url(value)}": cannot read its host and port '
+                    "(write @ : / ? # in a user name or password percent-encoded, e.g. %40 for @)"
+                ) from None
         return value
 
     @field_validator("node_id", "group")
@@ -293,6 +310,10 @@ def parse_config(text: str, *, source: str = "supervisor.toml") -> Settings:
         settings = Settings(**raw)
     except ValidationError as exc:
         issues += [_issue_from_pydantic(err) for err in exc.errors()]
+    except SettingsError as exc:
+        # fix: a SUPERVISOR_<TABLE> variable that is not JSON (SUPERVISOR_METRICS=x) raised
+        # SettingsError through here, and `supervisor check` died with a traceback and exit 1.
+        issues.append(_issue_from_settings_error(exc))
     if issues or settings is None:
         raise ConfigError(source, sorted(set(issues), key=lambda issue: issue.path))
     return settings
@@ -350,6 +371,13 @@ def _issue_from_pydantic(err: Any) -> ConfigIssue:
     if loc and env_name in os.environ:
         msg += f" (from the environment variable {env_name})"
     return ConfigIssue(path, msg)
+
+
+def _issue_from_settings_error(exc: SettingsError) -> ConfigIssue:
+    found = re.search(r'field "([^"]+)"', str(exc))
+    name = found.group(1) if found else ""
+    variable = f"SUPERVISOR_{name.upper()}" if name else "a SUPERVISOR_* variable"
+    return ConfigIssue(name, f"the environment variable {variable} is not valid JSON")
 
 
 def _suggestion(loc: tuple[str, ...]) -> str:

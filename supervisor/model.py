@@ -10,7 +10,7 @@ import enum
 import re
 import signal
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from decimal import Decimal
 
 
 class Mode(enum.StrEnum):
@@ -51,7 +51,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a duration such as \"10s\" or a number of seconds, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # fix: an int beyond float range raised OverflowError, not ValueError
+            raise ValueError(f"invalid duration {value!r}: too large") from None
     else:
         text = value.strip()
         if text.startswith("-"):
@@ -59,7 +62,11 @@ def parse_duration(value: object) -> float:
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             seconds = float(text)
         elif text and re.fullmatch(f"(?:{_PART.pattern})+", text):
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
+            # fix: "ms" divides by 1000 (9 * 0.001 != 0.009, but 9 / 1000 == 0.009 exactly)
+            seconds = sum(
+                float(n) / 1000 if u == "ms" else float(n) * _UNIT_SECONDS[u]
+                for n, u in _PART.findall(text)
+            )
         else:
             raise ValueError(
                 f"invalid duration {value!r}: use a number of seconds or a string such as "
@@ -76,13 +83,18 @@ def format_duration(seconds: float) -> str:
     """The shortest exact string `parse_duration` reads back as `seconds`."""
     if seconds == 0:
         return "0s"
+    candidates = []
     for unit in ("d", "h", "m", "s"):
         size = _UNIT_SECONDS[unit]
         if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
+            candidates.append(f"{int(seconds / size)}{unit}")
     if seconds < 1 and (seconds * 1000).is_integer():
-        return f"{int(seconds * 1000)}ms"
-    return f"{seconds:g}s"
+        candidates.append(f"{int(seconds * 1000)}ms")
+    # fix: this used f"{seconds:g}s", which kept 6 digits ("1.23457s" for 1.23456789) and wrote
+    # exponents ("1e-05s") that parse_duration refuses. repr() is the shortest string that reads
+    # back as the same float; Decimal spells it without an exponent. Every candidate is checked.
+    candidates.append(f"{Decimal(repr(float(seconds))):f}s")
+    return next(text for text in candidates if parse_duration(text) == seconds)
 
 
 # --- signals and secrets -----------------------------------------------------------------------
@@ -107,24 +119,25 @@ def parse_signal(value: object) -> signal.Signals:
     raise ValueError(f"expected a signal name such as \"SIGTERM\", got {value!r}")
 
 
+# "user:password@" in a URL. The password runs to the LAST "@" (greedy) and may hold any
+# character: SQLAlchemy's make_url accepts an unencoded "/", "?", "#" or ":" in a password, where
+# urlsplit ends the authority early and found no password at all, so the old urlsplit-based
+# mask_url returned such URLs unmasked (a leak, guarantee 10).
+_USERINFO = re.compile(r"(?P<user>[^:/?#@]*):(?P<password>.*)@", re.DOTALL)
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|sslpassword)=)[^&#]*")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs, errors and `check` output."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        # Unparseable: hide everything between "://" and the last "@".
-        head, sep, rest = url.partition("://")
-        if "@" in rest:
-            return f"{head}{sep}***@{rest.rsplit('@', 1)[1]}"
-        return url
+    """The URL with any password replaced by ***, for logs, errors and `check` output.
+
+    Errs on the side of hiding: everything between the user name's ":" and the last "@" goes,
+    and so does a `password=` query parameter (which libpq and PyMySQL also read).
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    rest = _USERINFO.sub(lambda m: f"{m['user']}:***@", rest, count=1)
+    return head + sep + _QUERY_SECRET.sub(r"\1***", rest)
 
 
 # --- exit statuses and events ---------------------------------------------------------------

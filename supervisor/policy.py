@@ -29,7 +29,10 @@ class Backoff:
         """The wait before restart number `attempt` (1-based); `draw` is uniform in [0, 1)."""
         if attempt <= 1:
             return 0.0
-        base = min(self.max, self.initial * self.factor ** (attempt - 2))
+        try:
+            base = min(self.max, self.initial * self.factor ** (attempt - 2))
+        except OverflowError:  # fix: 2.0 ** 1100 raised after ~1000 quick failures in a row
+            base = self.max
         return base * (1.0 - self.jitter * draw)
 
 
@@ -76,7 +79,8 @@ class RestartTracker:
         if self._limit_reached(now):
             return RestartDecision(restart=False, attempt=self._attempt, give_up=True)
         self._attempt += 1
-        self._restarts.append(now)
+        if self.max_restarts > 0:  # fix: with no limit nothing pruned this deque; it grew forever
+            self._restarts.append(now)
         delay = self.backoff.delay(self._attempt, self._draw())
         return RestartDecision(restart=True, delay=delay, attempt=self._attempt)
 

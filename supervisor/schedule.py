@@ -9,12 +9,14 @@ expressions now; tick computation for cron mode builds on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from supervisor.model import format_duration, parse_duration
 
+_NEVER_FIRES_PROBE = datetime(2000, 1, 1, tzinfo=UTC)  # fixed: validation stays pure
 _ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
@@ -61,6 +63,12 @@ def parse_schedule(expr: str) -> Schedule:
     seconds = len(fields) == 6
     if not croniter.is_valid(text, second_at_beginning=seconds):
         raise ValueError(f'invalid cron expression "{expr}"')
+    # fix: "0 0 30 2 *" (Feb 30) or "0 0 31 4 *" passed is_valid, then never fires: croniter
+    # raises CroniterBadDateError at the first tick computation, long after `check` said yes.
+    try:
+        croniter(text, _NEVER_FIRES_PROBE, second_at_beginning=seconds).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f'invalid cron expression "{expr}": it never fires') from None
     return CronSchedule(text, seconds_field=seconds)
 
 
