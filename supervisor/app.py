@@ -95,15 +95,19 @@ def worker_env(
     return env
 
 
-def make_mode(name: str, config: WorkerConfig) -> WorkerMode:
-    """The mode object for one worker; ConfigError for a mode this build cannot run."""
-    if config.mode is Mode.EVERY_NODE:
-        return EveryNode()
-    raise ConfigError(
-        "config",
-        [ConfigIssue(f"workers.{name}.mode",
-                     f'mode "{config.mode}" is not available in this version')],
-    )
+def make_modes(settings: Settings) -> dict[str, WorkerMode]:
+    """A mode object per worker; ConfigError naming every worker whose mode cannot run."""
+    modes: dict[str, WorkerMode] = {}
+    issues = []
+    for name, config in settings.workers.items():
+        if config.mode is Mode.EVERY_NODE:
+            modes[name] = EveryNode()
+        else:
+            message = f'mode "{config.mode}" is not available in this version'
+            issues.append(ConfigIssue(f"workers.{name}.mode", message))
+    if issues:
+        raise ConfigError("config", issues)
+    return modes
 
 
 class WorkerState(StrEnum):
@@ -312,7 +316,7 @@ class Supervisor:
         self._guard: GroupGuard | None = None
         self._group: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
-        self._modes = {name: make_mode(name, cfg) for name, cfg in settings.workers.items()}
+        self._modes = make_modes(settings)
 
     @property
     def workers(self) -> Mapping[str, WorkerSupervisor]:
@@ -419,7 +423,7 @@ class Supervisor:
         async with self._reload_lock:
             try:
                 new = load_config(self._config_path).with_identity(self._environ)
-                modes = {name: make_mode(name, cfg) for name, cfg in new.workers.items()}
+                modes = make_modes(new)
             except ConfigError as exc:
                 issues = tuple(str(issue) for issue in exc.issues)
                 log.error("reload rejected, keeping the running set: %s", "; ".join(issues))

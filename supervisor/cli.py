@@ -61,13 +61,12 @@ def check(config_path: Path) -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
-    from supervisor.app import make_mode
+    from supervisor.app import make_modes
     from supervisor.logs import configure_logging
 
     settings = _load(config_path).with_identity(os.environ)
     try:
-        for name, worker in settings.workers.items():
-            make_mode(name, worker)
+        make_modes(settings)
     except ConfigError as exc:
         _fail(_describe(config_path, exc))
     configure_logging(settings.log_format)
