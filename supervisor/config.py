@@ -258,7 +258,9 @@ class Settings(BaseSettings):
     @classmethod
     def _identity(cls, value: str) -> str:
         if value and not re.fullmatch(r"[^\s\x00-\x1f]{1,200}", value):
-            raise ValueError(f"{value!r} must be 1-200 characters without spaces or control characters")
+            raise ValueError(
+                f"{value!r} must be 1-200 characters without spaces or control characters"
+            )
         return value
 
     def with_identity(self, environ: Mapping[str, str]) -> Settings:
@@ -289,11 +291,13 @@ def load_config(path: str | os.PathLike[str]) -> Settings:
     except FileNotFoundError:
         raise ConfigError(source, [ConfigIssue("", f"config file not found: {source}")]) from None
     except OSError as exc:
-        raise ConfigError(source, [ConfigIssue("", f"cannot read {source}: {exc.strerror}")]) from None
+        issue = ConfigIssue("", f"cannot read {source}: {exc.strerror}")
+        raise ConfigError(source, [issue]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        issue = ConfigIssue("", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+        where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        issue = ConfigIssue("", f"not UTF-8 text ({where})")
         raise ConfigError(source, [issue]) from None
     return parse_config(text, source=source)
 
@@ -335,7 +339,8 @@ def _structural_issues(raw: dict[str, Any]) -> list[ConfigIssue]:
         programs = [key for key in ("module", "command") if key in worker]
         if len(programs) != 1:
             what = "both" if programs else "neither"
-            issues.append(ConfigIssue(path, f"exactly one of module or command is required ({what} given)"))
+            message = f"exactly one of module or command is required ({what} given)"
+            issues.append(ConfigIssue(path, message))
         issues += _mode_issues(path, worker)
     return issues
 
@@ -351,7 +356,8 @@ def _mode_issues(path: str, worker: dict[str, Any]) -> list[ConfigIssue]:
     for key, modes in MODE_KEYS.items():
         if key in worker and mode not in modes:
             allowed = " or ".join(f'"{m}"' for m in modes)
-            issues.append(ConfigIssue(f"{path}.{key}", f'only valid with mode = {allowed}, not "{mode}"'))
+            message = f'only valid with mode = {allowed}, not "{mode}"'
+            issues.append(ConfigIssue(f"{path}.{key}", message))
     return issues
 
 

@@ -49,7 +49,9 @@ def parse_duration(value: object) -> float:
     Raises ValueError with a message fit for a user. Negative values are refused.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a duration such as \"10s\" or a number of seconds, got {value!r}")
+        raise ValueError(
+            f'expected a duration such as "10s" or a number of seconds, got {value!r}'
+        )
     if isinstance(value, int | float):
         try:
             seconds = float(value)

@@ -23,10 +23,10 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.errors import SpawnError
@@ -35,7 +35,6 @@ from supervisor.model import ExitStatus
 OutputSink = Callable[[str, str], None]  # (stream name, line without newline)
 
 _PR_SET_PDEATHSIG = 1
-_READ_CHUNK = 65536
 _MAX_LINE = 64 * 1024  # longer lines are passed on in pieces of this size
 _GROUP_POLL = 0.05  # leftover group members cannot be awaited, only polled
 _DRAIN_AFTER_EXIT = 1.0  # how long output may keep flowing after the child is gone
@@ -73,12 +72,12 @@ class _Children:
     spawning = 0  # forks in flight whose pid is not recorded yet
 
 
-async def _start(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+@contextlib.contextmanager
+def _spawning() -> Iterator[Callable[[int], None]]:
+    """Count a fork in flight; the caller records the pid it got."""
     _Children.spawning += 1
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
-        _Children.pids.add(proc.pid)
-        return proc
+        yield _Children.pids.add
     finally:
         _Children.spawning -= 1
 
@@ -128,13 +127,15 @@ class GroupGuard:
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self._proc = await _start(
-            "/bin/sh", "-c", _GUARD_SCRIPT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with _spawning() as record:
+            self._proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", _GUARD_SCRIPT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            record(self._proc.pid)
 
     def register(self, pgid: int) -> None:
         self._send(f"+{pgid}\n")
@@ -170,36 +171,73 @@ class ProcessSpec:
     stop_timeout: float = 10.0
 
 
+class _ChildProtocol(asyncio.SubprocessProtocol):
+    """Splits the child's output into lines and learns of its exit.
+
+    asyncio's `Process.wait()` returns only once the output pipes are closed too, so a
+    grandchild holding them would hide the child's exit; `process_exited` does not wait.
+    """
+
+    def __init__(self, sink: OutputSink) -> None:
+        loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._pending = {1: b"", 2: b""}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed = {1: loop.create_future(), 2: loop.create_future()}
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        *lines, pending = (self._pending[fd] + data).split(b"\n")
+        for line in lines:
+            self._emit(fd, line)
+        while len(pending) >= _MAX_LINE:
+            self._emit(fd, pending[:_MAX_LINE])
+            pending = pending[_MAX_LINE:]
+        self._pending[fd] = pending
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if self._pending.get(fd):
+            self._emit(fd, self._pending[fd])
+            self._pending[fd] = b""
+        if fd in self.closed and not self.closed[fd].done():
+            self.closed[fd].set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _emit(self, fd: int, line: bytes) -> None:
+        self._sink(_STREAMS[fd], line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+
 class RunningProcess:
     """A started child. `wait()` and `stop()` may be awaited from several tasks."""
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        transport: asyncio.SubprocessTransport,
+        protocol: _ChildProtocol,
         spec: ProcessSpec,
-        sink: OutputSink,
         guard: GroupGuard | None,
         clock: Clock,
     ) -> None:
-        self._proc = proc
+        self._transport = transport
+        self._protocol = protocol
         self.spec = spec
-        self.pid = proc.pid
+        self.pid = transport.get_pid()
         self.started_at = clock.monotonic()
         self._clock = clock
         self._guard = guard
         self._stop_requested = False
-        self._readers = [
-            asyncio.create_task(_pump(stream, name, sink), name=f"output-{self.pid}-{name}")
-            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
-            if stream is not None
-        ]
         self._done: asyncio.Task[ExitStatus] = asyncio.create_task(
             self._finish(), name=f"child-{self.pid}"
         )
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        return self._transport.get_returncode()
 
     def uptime(self) -> float:
         return self._clock.monotonic() - self.started_at
@@ -232,16 +270,21 @@ class RunningProcess:
             os.killpg(self.pid, sig)
 
     async def _finish(self) -> ExitStatus:
-        returncode = await self._proc.wait()
-        _Children.pids.discard(self.pid)
-        status = ExitStatus(returncode, stop_requested=self._stop_requested)
         try:
+            await self._protocol.exited
+            _Children.pids.discard(self.pid)
+            returncode = self._transport.get_returncode()
+            status = ExitStatus(-1 if returncode is None else returncode,
+                                stop_requested=self._stop_requested)
             await self._clear_group()
-            await _drain(self._readers)
+            # Output may still be in flight; a grandchild that escaped the group may
+            # hold the pipes open for ever, so the wait for the end of output is bounded.
+            await asyncio.wait(self._protocol.closed.values(), timeout=_DRAIN_AFTER_EXIT)
+            return status
         finally:
+            self._transport.close()
             if self._guard is not None:
                 self._guard.unregister(self.pid)
-        return status
 
     async def _clear_group(self) -> None:
         """Members of the group may outlive the child: give them the stop signal, then SIGKILL."""
@@ -273,54 +316,28 @@ async def spawn(
     clock: Clock | None = None,
 ) -> RunningProcess:
     """Start the program in its own session; raises SpawnError if it cannot be started."""
+    loop = asyncio.get_running_loop()
     try:
-        proc = await _start(
-            *spec.argv,
-            env=dict(spec.env),
-            cwd=spec.cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),
-            limit=_MAX_LINE,
-        )
+        with _spawning() as record:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ChildProtocol(sink),
+                *spec.argv,
+                env=dict(spec.env),
+                cwd=spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid()),
+            )
+            record(transport.get_pid())
     except OSError as exc:
         what = exc.strerror or str(exc)
         where = f" in {spec.cwd!r}" if exc.filename == spec.cwd else ""
         raise SpawnError(f"cannot start {spec.argv[0]!r}{where}: {what}") from exc
     if guard is not None:
-        guard.register(proc.pid)
-    return RunningProcess(proc, spec, sink, guard, clock or SystemClock())
-
-
-async def _pump(stream: asyncio.StreamReader, name: str, sink: OutputSink) -> None:
-    """Pass each line to the sink; a line longer than _MAX_LINE goes in pieces."""
-    pending = b""
-    while chunk := await stream.read(_READ_CHUNK):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            _emit(sink, name, line)
-        while len(pending) >= _MAX_LINE:
-            _emit(sink, name, pending[:_MAX_LINE])
-            pending = pending[_MAX_LINE:]
-    if pending:
-        _emit(sink, name, pending)
-
-
-def _emit(sink: OutputSink, name: str, line: bytes) -> None:
-    sink(name, line.rstrip(b"\r").decode("utf-8", errors="replace"))
-
-
-async def _drain(readers: Sequence[asyncio.Task[None]]) -> None:
-    """Let the readers finish; a grandchild that escaped the group may hold a pipe open."""
-    _, pending = await asyncio.wait(readers, timeout=_DRAIN_AFTER_EXIT)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        guard.register(transport.get_pid())
+    return RunningProcess(transport, protocol, spec, guard, clock or SystemClock())
 
 
 def use_pidfd_child_watcher() -> None:

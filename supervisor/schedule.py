@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
-
 from supervisor.model import format_duration, parse_duration
 
 _NEVER_FIRES_PROBE = datetime(2000, 1, 1, tzinfo=UTC)  # fixed: validation stays pure
@@ -61,6 +59,10 @@ def parse_schedule(expr: str) -> Schedule:
             "(minute hour day month weekday), six with a leading seconds field, or @every"
         )
     seconds = len(fields) == 6
+    # Imported here: croniter (with dateutil) costs megabytes that a node without a cron
+    # worker should not carry.
+    from croniter import CroniterBadDateError, croniter
+
     if not croniter.is_valid(text, second_at_beginning=seconds):
         raise ValueError(f'invalid cron expression "{expr}"')
     # fix: "0 0 30 2 *" (Feb 30) or "0 0 31 4 *" passed is_valid, then never fires: croniter
@@ -77,4 +79,5 @@ def parse_timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f'unknown time zone "{name}" (use an IANA name such as "Europe/Berlin")') from None
+        hint = 'use an IANA name such as "Europe/Berlin"'
+        raise ValueError(f'unknown time zone "{name}" ({hint})') from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -92,7 +93,7 @@ backoff = {{ initial = "200ms", max = "800ms", factor = 2.0, jitter = 0.0 }}
     delays = [float(d) / (1000 if unit == "ms" else 1)
               for d, unit in re.findall(r"crash: restart \d+ in ([\d.]+)(ms|s)", run.text())]
     assert delays[:4] == [0.0, 0.2, 0.4, 0.8]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # Each restart waited at least its scheduled delay, so the gaps grow with them.
     for gap, delay in zip(gaps[1:], delays[1:4], strict=False):
         assert gap >= delay
