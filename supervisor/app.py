@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from enum import StrEnum
@@ -29,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.clock import Clock, SystemClock
-from supervisor.config import Settings, WorkerConfig, load_config
 from supervisor.coordination import EveryNode, Grant, WorkerMode
 from supervisor.errors import ConfigError, ConfigIssue, SpawnError
 from supervisor.model import (
@@ -46,7 +48,15 @@ from supervisor.model import (
     WorkerStarted,
 )
 from supervisor.policy import RestartTracker
-from supervisor.runner import GroupGuard, ProcessSpec, RunningProcess, reap_orphans, spawn
+from supervisor.runner import (
+    GroupGuard,
+    ProcessSpec,
+    RunningProcess,
+    capture,
+    reap_orphans,
+    spawn,
+)
+from supervisor.spec import NodeSpec, WorkerSpec, node_from_plain
 
 log = logging.getLogger("supervisor")
 
@@ -58,7 +68,7 @@ EXIT_CRITICAL_FAILED = 1
 _REAP_RETRY = 0.05
 
 
-def worker_argv(config: WorkerConfig) -> tuple[str, ...]:
+def worker_argv(config: WorkerSpec) -> tuple[str, ...]:
     """The program to exec: `python -m mod`, a call of `mod:func`, or the command as given."""
     if config.command is not None:
         return tuple(config.command)
@@ -72,9 +82,9 @@ def worker_argv(config: WorkerConfig) -> tuple[str, ...]:
 
 def worker_env(
     base: Mapping[str, str],
-    settings: Settings,
+    settings: NodeSpec,
     name: str,
-    config: WorkerConfig,
+    config: WorkerSpec,
     grant_env: Mapping[str, str],
 ) -> dict[str, str]:
     """The child's environment: the supervisor's own minus its settings, the worker's
@@ -95,7 +105,37 @@ def worker_env(
     return env
 
 
-def make_modes(settings: Settings) -> dict[str, WorkerMode]:
+def validator_argv(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "supervisor", "_validate", "-c", str(config_path)]
+
+
+def parse_validation(source: str, returncode: int, stdout: bytes, stderr: bytes) -> NodeSpec:
+    """The validator child's answer: a NodeSpec, or ConfigError with its issues."""
+    try:
+        answer = json.loads(stdout)
+    except ValueError:
+        answer = {}
+    if returncode == 0 and "config" in answer:
+        return node_from_plain(answer["config"])
+    issues = [ConfigIssue(i["path"], i["message"]) for i in answer.get("issues", [])]
+    if not issues:
+        detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+        issues = [ConfigIssue("", f"the config validator failed: {detail[0]}")]
+    raise ConfigError(source, issues)
+
+
+def load_spec(config_path: Path) -> NodeSpec:
+    """Validate the file in a short-lived child (pydantic stays out of this process)."""
+    done = subprocess.run(validator_argv(config_path), capture_output=True, check=False)
+    return parse_validation(str(config_path), done.returncode, done.stdout, done.stderr)
+
+
+async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> NodeSpec:
+    returncode, stdout, stderr = await capture(validator_argv(config_path), environ)
+    return parse_validation(str(config_path), returncode, stdout, stderr)
+
+
+def make_modes(settings: NodeSpec) -> dict[str, WorkerMode]:
     """A mode object per worker; ConfigError naming every worker whose mode cannot run."""
     modes: dict[str, WorkerMode] = {}
     issues = []
@@ -125,8 +165,8 @@ class WorkerSupervisor:
     def __init__(
         self,
         name: str,
-        config: WorkerConfig,
-        settings: Settings,
+        config: WorkerSpec,
+        settings: NodeSpec,
         *,
         mode: WorkerMode,
         publish: Publish,
@@ -148,7 +188,7 @@ class WorkerSupervisor:
         self._stop = asyncio.Event()
         self._proc: RunningProcess | None = None
         self._tracker = RestartTracker(
-            config.restart, config.backoff.to_policy(), config.max_restarts, config.restart_window
+            config.restart, config.backoff, config.max_restarts, config.restart_window
         )
 
     def request_stop(self) -> None:
@@ -295,7 +335,7 @@ class Supervisor:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: NodeSpec,
         *,
         config_path: Path,
         publish: Publish,
@@ -345,7 +385,7 @@ class Supervisor:
             await self._guard.close()
         return self._exit_code
 
-    def _start_worker(self, name: str, config: WorkerConfig, mode: WorkerMode) -> None:
+    def _start_worker(self, name: str, config: WorkerSpec, mode: WorkerMode) -> None:
         if self._group is None:
             raise RuntimeError("workers start only inside Supervisor.run()")
         worker = WorkerSupervisor(
@@ -422,7 +462,7 @@ class Supervisor:
         """Re-read the file and apply what changed; False (and nothing changed) if invalid."""
         async with self._reload_lock:
             try:
-                new = load_config(self._config_path).with_identity(self._environ)
+                new = await load_spec_async(self._config_path, self._environ)
                 modes = make_modes(new)
             except ConfigError as exc:
                 issues = tuple(str(issue) for issue in exc.issues)
@@ -435,13 +475,13 @@ class Supervisor:
             added = sorted(new.workers.keys() - old.keys())
             changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
             await self._stop_workers(removed + changed)
-            self.settings = self.settings.model_copy(update={"workers": new.workers})
+            self.settings = dataclasses.replace(self.settings, workers=new.workers)
             for name in added + changed:
                 self._start_worker(name, new.workers[name], modes[name])
             self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
             return True
 
-    def _warn_unapplied(self, new: Settings) -> None:
-        for key in Settings.model_fields:
+    def _warn_unapplied(self, new: NodeSpec) -> None:
+        for key in (f.name for f in dataclasses.fields(NodeSpec)):
             if key != "workers" and getattr(new, key) != getattr(self.settings, key):
                 log.warning("reload: a change of %r takes effect only on restart", key)

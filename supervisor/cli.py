@@ -3,24 +3,31 @@
 Exit codes: 0 success; 1 a runtime failure (a critical worker gave up, the metrics
 port is taken); 2 invalid input (a config problem or a usage error), never
 with a traceback.
+
+`run` never imports pydantic: it has the file validated by a short-lived child
+(`supervisor _validate`, hidden), at start and on every SIGHUP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from supervisor import __version__
-from supervisor.config import Settings, load_config
 from supervisor.errors import ConfigError
 from supervisor.model import Event
+
+if TYPE_CHECKING:
+    from supervisor.config import Settings
+    from supervisor.spec import NodeSpec
 
 EXIT_INVALID = 2
 EXIT_RUNTIME = 1
@@ -57,28 +64,45 @@ def check(config_path: Path) -> None:
     click.echo(tomli_w.dumps(settings.masked()), nl=False)
 
 
+@main.command("_validate", hidden=True)
+@config_option
+def validate(config_path: Path) -> None:
+    """For `run`: print the validated config as JSON, or its issues as JSON and exit 2."""
+    from supervisor.config import load_config, to_plain
+
+    try:
+        settings = load_config(config_path).with_identity(os.environ)
+    except ConfigError as exc:
+        issues = [{"path": i.path, "message": i.message} for i in exc.issues]
+        click.echo(json.dumps({"issues": issues}))
+        sys.exit(EXIT_INVALID)
+    click.echo(json.dumps({"config": to_plain(settings)}))
+
+
 @main.command()
 @config_option
 def run(config_path: Path) -> None:
     """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
-    from supervisor.app import make_modes
+    from supervisor.app import load_spec, make_modes
     from supervisor.logs import configure_logging
 
-    settings = _load(config_path).with_identity(os.environ)
+    if conflict := _supervisord_conflict():
+        _fail(conflict)
     try:
-        make_modes(settings)
+        spec = load_spec(config_path)
+        make_modes(spec)
     except ConfigError as exc:
         _fail(_describe(config_path, exc))
-    configure_logging(settings.log_format)
-    sys.exit(_run(settings, config_path))
+    configure_logging(spec.log_format)
+    sys.exit(_run(spec, config_path))
 
 
-def _run(settings: Settings, config_path: Path) -> int:
+def _run(spec: NodeSpec, config_path: Path) -> int:
     from supervisor.runner import use_pidfd_child_watcher
 
     use_pidfd_child_watcher()
     try:
-        return asyncio.run(_serve(settings, config_path))
+        return asyncio.run(_serve(spec, config_path))
     except Exception:  # an ExceptionGroup from the root TaskGroup, or worse: a bug
         import logging
 
@@ -86,42 +110,45 @@ def _run(settings: Settings, config_path: Path) -> int:
         return EXIT_CRASHED
 
 
-async def _serve(settings: Settings, config_path: Path) -> int:
+async def _serve(spec: NodeSpec, config_path: Path) -> int:
     import logging
 
     from supervisor.app import SideTask, Supervisor
-    from supervisor.http import HealthServer
     from supervisor.logs import EventLog
-    from supervisor.metrics import Metrics
 
-    metrics = Metrics()
-    subscribers: list[Callable[[Event], None]] = [EventLog(settings.log_format), metrics]
+    subscribers: list[Callable[[Event], None]] = [EventLog(spec.log_format)]
+    sides: list[SideTask] = []
+    if spec.metrics.enabled:
+        from supervisor.http import HealthServer
+        from supervisor.metrics import Metrics
+
+        metrics = Metrics()
+        subscribers.append(metrics)
+        server = HealthServer(spec.metrics.host, spec.metrics.port, metrics.exposition)
+        try:
+            await server.start()
+        except OSError as exc:
+            logging.getLogger("supervisor").error(
+                "metrics.port: cannot listen on %s:%d: %s", spec.metrics.host,
+                spec.metrics.port, exc.strerror or exc,
+            )
+            return EXIT_RUNTIME
+        sides.append(server.serve)
 
     def publish(event: Event) -> None:
         for subscriber in subscribers:
             subscriber(event)
 
-    sides: list[SideTask] = []
-    if settings.metrics.enabled:
-        server = HealthServer(settings.metrics.host, settings.metrics.port, metrics.exposition)
-        try:
-            await server.start()
-        except OSError as exc:
-            logging.getLogger("supervisor").error(
-                "metrics.port: cannot listen on %s:%d: %s", settings.metrics.host,
-                settings.metrics.port, exc.strerror or exc,
-            )
-            return EXIT_RUNTIME
-        sides.append(server.serve)
-    supervisor = Supervisor(settings, config_path=config_path, publish=publish)
+    supervisor = Supervisor(spec, config_path=config_path, publish=publish)
     logging.getLogger("supervisor").info(
-        "node %s in group %s: starting %d workers", settings.node_id, settings.group,
-        len(settings.workers),
+        "node %s in group %s: starting %d workers", spec.node_id, spec.group, len(spec.workers),
     )
     return await supervisor.run(sides)
 
 
 def _load(config_path: Path) -> Settings:
+    from supervisor.config import load_config
+
     try:
         return load_config(config_path)
     except ConfigError as exc:

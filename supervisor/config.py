@@ -51,9 +51,14 @@ from supervisor.model import (
 from supervisor.policy import Backoff
 from supervisor.schedule import parse_schedule, parse_timezone
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+# Shown to people as "10s" and "SIGTERM"; handed to the runtime as seconds and numbers.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")
+]
 Signal = Annotated[
-    signal.Signals, BeforeValidator(parse_signal), PlainSerializer(lambda s: s.name)
+    signal.Signals,
+    BeforeValidator(parse_signal),
+    PlainSerializer(lambda s: s.name, when_used="json"),
 ]
 
 WORKER_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -419,4 +424,9 @@ def _unwrap(annotation: Any) -> Any:
         return args[0] if len(args) == 1 else annotation
     return annotation
 
+
+def to_plain(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-ready data (seconds, signal numbers, secrets included) for
+    `supervisor.spec.node_from_plain` in the running supervisor. Never for display."""
+    return settings.model_dump(mode="python")
 

@@ -25,7 +25,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.clock import Clock, SystemClock
@@ -338,6 +338,21 @@ async def spawn(
     if guard is not None:
         guard.register(transport.get_pid())
     return RunningProcess(transport, protocol, spec, guard, clock or SystemClock())
+
+
+async def capture(argv: Sequence[str], env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
+    """Run a short helper program to its end; its exit status, stdout and stderr."""
+    with _spawning() as record:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=dict(env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        record(proc.pid)
+    try:
+        stdout, stderr = await proc.communicate()
+    finally:
+        _Children.pids.discard(proc.pid)
+    return proc.returncode or 0, stdout, stderr
 
 
 def use_pidfd_child_watcher() -> None:

@@ -350,3 +350,12 @@ def test_children_die_with_a_supervisor_killed_during_startup(tmp_path):
         proc.kill()
         proc.wait(timeout=10)
     wait_until(lambda: not pid_alive(child), 5, "the child to die by PDEATHSIG")
+
+
+def test_the_running_supervisor_does_not_carry_the_validation_stack(supervisor_run):
+    # Memory: pydantic is used by the short-lived validator child only.
+    run = supervisor_run(BASE_CONFIG + stubborn_workers(1, "1s"))
+    ready_pids(run, 1)
+    maps = Path(f"/proc/{run.proc.pid}/maps").read_text()
+    assert "_pydantic_core" not in maps
+    assert "/croniter/" not in maps and "sqlalchemy" not in maps.lower()

@@ -11,11 +11,11 @@ import pytest
 
 from supervisor.app import WorkerState, WorkerSupervisor
 from supervisor.clock import SystemClock
-from supervisor.config import WorkerConfig, parse_config
 from supervisor.coordination import Grant
 from supervisor.errors import SpawnError
 from supervisor.model import ExitReason, Mode, WorkerExited, WorkerStarted
 from supervisor.runner import ProcessSpec, spawn
+from supervisor.spec import NodeSpec, WorkerSpec
 from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
 
 Lines = list[tuple[str, str]]
@@ -148,8 +148,8 @@ class RevocableMode:
 
 
 def test_a_revoked_grant_stops_the_child_within_the_grant_grace_not_stop_timeout():
-    settings = parse_config("").with_identity({"HOSTNAME": "n1"})
-    config = WorkerConfig(command=[PYTHON, str(WORKERS / "stubborn.py")], stop_timeout=300.0)
+    settings = NodeSpec(node_id="n1")
+    config = WorkerSpec(command=(PYTHON, str(WORKERS / "stubborn.py")), stop_timeout=300.0)
     events = Watch()
 
     async def main() -> None:
@@ -179,8 +179,8 @@ def test_a_revoked_grant_stops_the_child_within_the_grant_grace_not_stop_timeout
 
 
 def test_the_grant_environment_reaches_the_child():
-    settings = parse_config("").with_identity({"HOSTNAME": "n1"})
-    config = WorkerConfig(command=[PYTHON, str(WORKERS / "envdump.py")])
+    settings = NodeSpec(node_id="n1")
+    config = WorkerSpec(command=(PYTHON, str(WORKERS / "envdump.py")))
     events = Watch()
 
     async def main() -> None:

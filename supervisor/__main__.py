@@ -1,0 +1,5 @@
+"""`python -m supervisor` is the `supervisor` command."""
+
+from supervisor.cli import main
+
+main()
