@@ -1,40 +1,51 @@
 """The coordination store: the one small protocol every mode is built on.
 
-Contracts (each implementation must pass the same conformance suite):
+Contracts (every implementation passes the same conformance suite,
+tests/integration/test_store.py, on SQLite, PostgreSQL and MariaDB):
 
 - Time is the database's. Expiry is computed and compared by the database in the
-  statement that needs it; no caller compares its own wall clock with a stored
-  timestamp. Methods take an optional `now` only so tests can pin time.
+  statement that needs it, as seconds since the Unix epoch on the database's clock
+  (PostgreSQL `clock_timestamp()`, MariaDB/MySQL `UTC_TIMESTAMP(6)` in a UTC
+  session, SQLite the host clock). No caller compares its own wall clock with a
+  stored time. Methods take an optional `now` (epoch seconds) only so tests can pin
+  time; production leaves it None.
 - A lease is a row per name with a holder and a term. The term only grows, across
-  release and re-acquire, across every holder and restart of the fleet: it is the
-  fencing token. Releasing keeps the row.
+  release and re-acquire, across every holder and every restart of the fleet: it is
+  the fencing token. Releasing keeps the row (holder cleared, term kept).
+- A lease is free when it has no holder or its expiry is at or before `now`:
+  `expires_at <= now` means expired, so a lease taken at t with ttl 10 is held at
+  t + 9.999 and free at t + 10.
 - Acquire, renew and release are single guarded statements scoped to holder and
-  term; the caller learns the outcome from what the database returns, never from an
-  affected-row count. Losing is a return value (`None` / `False`), not an exception.
-- Failure to reach the database raises `StoreUnavailable`; a holder that cannot
-  renew trusts its lease only until `sent_at + renew_deadline` on its monotonic
-  clock, `sent_at` taken before the renewal was sent.
-- One `renew_all` call per node per interval covers every lease the node holds and
-  its membership row, so the cost per node does not grow with its workers.
-
-The SQL implementation (SQLite, PostgreSQL, MariaDB/MySQL) lives in `store/sql.py`.
+  term; the outcome is read back from the database (RETURNING, or a locking
+  re-select in the same transaction on MySQL), never from an affected-row count.
+  Losing is a return value (`None` / `False` / absence from a result), not an
+  exception.
+- `node_sync` is the node's one round trip per renew interval: it heartbeats the
+  node's membership row, renews every lease the node holds and tries every lease it
+  wants, in one transaction, so the cost per node does not grow with its workers.
+- Every term is recorded in the history (who, term, acquired, ended, how, why).
+- Failure to reach the database raises `StoreUnavailable`; other database failures
+  `StoreError`, chained from the driver's exception. Messages never contain the
+  database password.
+- Implementations are synchronous and thread-safe; the async coordination layer
+  runs them in its own threads, bounded by timeouts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds something: a node, a process on it, and a random per-start nonce."""
+    """Who holds something: a supervisor process, unique even among two on one host."""
 
     node_id: str
+    group: str
     pid: int
-    nonce: str
+    nonce: str  # random per start of a supervisor
 
 
 @dataclass(frozen=True)
@@ -44,63 +55,98 @@ class Lease:
     name: str
     holder: Holder
     term: int  # the fencing token
-    expires_at: datetime  # database time; shown to people, never compared locally
+    expires_at: float  # database time, epoch seconds
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease row as anyone sees it (for `supervisor status`)."""
+
+    name: str
+    term: int
+    holder: Holder | None  # None when free
+    expires_at: float
+    seconds_left: float  # by the database's clock; <= 0 when expired
 
 
 @dataclass(frozen=True)
 class Member:
-    node_id: str
-    group: str
     holder: Holder
-    expires_at: datetime
+    started_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
-class CronClaim:
-    worker: str
-    tick: datetime  # the scheduled instant, UTC; with worker and slot the claim key
-    slot: int
+class TermRecord:
+    """One leadership term, from acquire to its end (or still running)."""
+
+    lease: str
+    term: int
     holder: Holder
-    token: int
+    acquired_at: float
+    ended_at: float | None
+    outcome: str | None  # released | expired | None while held
+    reason: str | None
 
 
 @dataclass(frozen=True)
-class RenewalResult:
-    """What one batched renewal kept; leases missing from `kept` are lost."""
-
-    kept: Sequence[Lease]
-    lost: Sequence[str]
+class SyncResult:
+    db_now: float  # the database's clock during the transaction
+    kept: dict[str, Lease] = field(default_factory=dict)  # held leases, renewed
+    lost: tuple[str, ...] = ()  # held leases that could not be renewed
+    acquired: dict[str, Lease] = field(default_factory=dict)  # wanted leases now held
 
 
 class CoordinationStore(Protocol):
-    async def upgrade(self) -> None:
+    def upgrade(self) -> None:
         """Create or migrate the schema; safe when many nodes call it at once."""
 
-    async def lease_acquire(
-        self, name: str, holder: Holder, ttl: float, *, now: datetime | None = None
+    def db_now(self) -> float:
+        """The database's clock, epoch seconds."""
+
+    def lease_ensure(self, names: Sequence[str]) -> None:
+        """Create free rows (term 0) for leases that do not exist yet; idempotent."""
+
+    def lease_acquire(
+        self, name: str, holder: Holder, ttl: float, *, now: float | None = None
     ) -> Lease | None:
-        """Take the lease if it is free or expired, with a new, higher term; else None."""
+        """Take the lease if free, with term + 1; None if someone else holds it."""
 
-    async def lease_renew(
-        self, lease: Lease, ttl: float, *, now: datetime | None = None
+    def lease_renew(
+        self, lease: Lease, ttl: float, *, now: float | None = None
     ) -> Lease | None:
-        """Extend a lease still held with the same holder and term; else None (it is lost)."""
+        """Extend a lease still held, unexpired, by the same holder and term; else None."""
 
-    async def lease_release(self, lease: Lease, *, reason: str = "released") -> bool:
-        """Free a lease held with this holder and term at once; False if it was not ours."""
+    def lease_release(
+        self, lease: Lease, *, reason: str = "released", now: float | None = None
+    ) -> bool:
+        """Free the lease at once if still held by this holder and term; False if not."""
 
-    async def renew_all(
-        self, holder: Holder, member: Member | None, leases: Sequence[Lease], ttl: float
-    ) -> RenewalResult:
-        """Renew the membership row and every given lease in one round trip."""
+    def node_sync(
+        self,
+        holder: Holder,
+        *,
+        held: Sequence[Lease],
+        wanted: Sequence[str],
+        ttl: float,
+        now: float | None = None,
+    ) -> SyncResult:
+        """Heartbeat, renew `held` and try `wanted`, in one transaction.
 
-    async def members(self, group: str | None = None) -> Sequence[Member]:
-        """Live members (unexpired in database time), of one group or all."""
+        `wanted` rows must exist (`lease_ensure`, once per lease, not per call).
+        """
 
-    async def cron_claim(
-        self, worker: str, tick: datetime, max_run: int, holder: Holder, grace: float
-    ) -> CronClaim | None:
-        """Claim a free slot below max_run for the tick while it is due and within grace."""
+    def node_leave(self, holder: Holder) -> None:
+        """Remove this process's membership row (clean stop)."""
 
-    async def close(self) -> None:
+    def members(self, *, now: float | None = None) -> list[Member]:
+        """Live members, unexpired by the database's clock."""
+
+    def leases(self, *, now: float | None = None) -> list[LeaseState]:
+        """Every lease row, with time left by the database's clock."""
+
+    def terms(self, *, lease: str | None = None, limit: int = 100) -> list[TermRecord]:
+        """Leadership terms, newest first."""
+
+    def close(self) -> None:
         """Release connections."""

@@ -1,0 +1,492 @@
+"""The coordination store on SQL: SQLite, PostgreSQL (psycopg 3), MariaDB/MySQL (PyMySQL).
+
+The only module that imports SQLAlchemy and the drivers. Contracts are in
+`supervisor.store`; the details that make them hold here:
+
+- Database time: `_db_now()` compiles to `clock_timestamp()` on PostgreSQL (not
+  `now()`, which is frozen at the start of the transaction), `UTC_TIMESTAMP(6)` in
+  a UTC session on MariaDB/MySQL, and the host clock on SQLite.
+- Every write that can lose (acquire, renew, release, sync) is one guarded UPDATE
+  that also stamps a fresh random `claim`; the outcome is read back with RETURNING
+  where the dialect has it (PostgreSQL, SQLite), else by a locking re-select of
+  that claim in the same transaction (MariaDB/MySQL). Row counts are never trusted.
+- SQLite: WAL, a busy timeout, and `BEGIN IMMEDIATE` for every transaction, so
+  concurrent writers queue instead of failing with "database is locked".
+- Bounded calls: server-side statement and lock timeouts, driver connect/read
+  timeouts, and `interrupt()`, which shuts down the sockets of calls in flight so a
+  caller that gave up (a swallowed packet, a dead server) gets its thread back.
+- Errors are translated at this seam: unreachable -> StoreUnavailable, else
+  StoreError; messages are built from the masked URL, never the driver's text
+  about the URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Double,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.model import mask_url
+from supervisor.store import (
+    Holder,
+    Lease,
+    LeaseState,
+    Member,
+    SyncResult,
+    TermRecord,
+)
+from supervisor.store.schema import leases, members, terms
+
+MIGRATE_LOCK = 0x46535550  # "FSUP": the advisory lock id around schema upgrades
+
+
+class _DbNow(FunctionElement[float]):
+    """The database's clock as epoch seconds (DOUBLE)."""
+
+    type = Double()
+    inherit_cache = True
+
+
+@compiles(_DbNow, "postgresql")
+def _pg_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+@compiles(_DbNow, "mysql")
+@compiles(_DbNow, "mariadb")
+def _mysql_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
+    return "(UNIX_TIMESTAMP(UTC_TIMESTAMP(6)) + 0e0)"
+
+
+@compiles(_DbNow, "sqlite")
+def _sqlite_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def _now(now: float | None) -> ColumnElement[float]:
+    """Pinned time for tests, else the database's clock in the statement itself."""
+    return literal(now, Double()) if now is not None else _DbNow()
+
+
+def _claim() -> str:
+    return secrets.token_hex(16)
+
+
+class SqlStore:
+    """`CoordinationStore` over one SQLAlchemy engine of its own."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self.masked_url = mask_url(url)
+        self.timeout = timeout
+        try:
+            parsed = make_url(url)
+        except (SQLAlchemyError, ValueError):
+            raise StoreError(f"invalid database URL {self.masked_url}") from None
+        self.backend = parsed.get_backend_name()
+        self._in_flight: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.engine = self._create_engine(parsed)
+        self._returning = bool(self.engine.dialect.update_returning)
+
+    # --- engine and connections ------------------------------------------------------------
+
+    def _create_engine(self, parsed: Any) -> Engine:
+        ms = max(1, int(self.timeout * 1000))
+        secs = max(1, int(self.timeout + 0.999))
+        kwargs: dict[str, Any] = {"pool_size": 2, "max_overflow": 4, "pool_recycle": 1800}
+        if self.backend == "postgresql":
+            kwargs["connect_args"] = {
+                "connect_timeout": secs,
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                "-c idle_in_transaction_session_timeout=60000",
+                "tcp_user_timeout": ms,
+                "keepalives_idle": secs,
+                "application_name": "fleet-supervisor",
+            }
+        elif self.backend in ("mysql", "mariadb"):
+            kwargs["connect_args"] = {
+                "connect_timeout": secs,
+                "read_timeout": secs,
+                "write_timeout": secs,
+                "init_command": f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {secs}",
+            }
+        elif self.backend == "sqlite":
+            kwargs = {"connect_args": {"timeout": self.timeout, "check_same_thread": False}}
+        engine = create_engine(parsed, **kwargs)
+        if self.backend == "sqlite":
+            _sqlite_immediate(engine, ms)
+        return engine
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[Connection]:
+        """One transaction on a pooled connection, tracked so `interrupt()` can cut it."""
+        ident = threading.get_ident()
+        try:
+            with self.engine.connect() as conn:
+                with self._lock:
+                    self._in_flight[ident] = conn.connection.dbapi_connection
+                try:
+                    with conn.begin():
+                        yield conn
+                except BaseException:
+                    conn.invalidate()  # its state is unknown: never hand it out again
+                    raise
+                finally:
+                    with self._lock:
+                        self._in_flight.pop(ident, None)
+        except DBAPIError as exc:
+            raise self._translate(exc) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error on {self.masked_url}: {type(exc).__name__}") from exc
+
+    def _translate(self, exc: DBAPIError) -> StoreError:
+        kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+        if exc.connection_invalidated or _is_unreachable(exc):
+            return StoreUnavailable(f"database {self.masked_url} unreachable ({kind})")
+        return StoreError(f"database error on {self.masked_url} ({kind})")
+
+    def interrupt(self) -> None:
+        """Cut the connections of calls in flight (their callers gave up on them)."""
+        with self._lock:
+            conns = list(self._in_flight.values())
+        for dbapi_conn in conns:
+            _shutdown_socket(dbapi_conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", "supervisor.store:migrations")
+        with self._migration_lock() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        """Serialise upgrades across nodes: an advisory lock, or a file lock for SQLite."""
+        try:
+            with self.engine.connect() as conn:
+                if self.backend == "postgresql":
+                    conn.execute(text("SET statement_timeout = 0; SET lock_timeout = 0"))
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATE_LOCK})
+                    conn.commit()
+                    try:
+                        yield conn
+                    finally:
+                        conn.rollback()
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATE_LOCK})
+                        conn.commit()
+                elif self.backend in ("mysql", "mariadb"):
+                    conn.execute(text("SELECT GET_LOCK('fleet_supervisor_migrate', 120)"))
+                    try:
+                        yield conn
+                    finally:
+                        conn.execute(text("SELECT RELEASE_LOCK('fleet_supervisor_migrate')"))
+                else:
+                    with _file_lock(self.engine.url.database):
+                        yield conn
+                conn.commit()
+        except DBAPIError as exc:
+            raise self._translate(exc) from exc
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def db_now(self) -> float:
+        with self._txn() as conn:
+            return float(conn.execute(select(_DbNow())).scalar_one())
+
+    def lease_ensure(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        with self._txn() as conn:
+            self._ensure(conn, names)
+
+    def _ensure(self, conn: Connection, names: Sequence[str]) -> None:
+        rows = [{"name": name, "term": 0, "expires_at": 0.0} for name in names]
+        if self.backend == "postgresql":
+            conn.execute(pg_insert(leases).on_conflict_do_nothing(), rows)
+        elif self.backend == "sqlite":
+            conn.execute(sqlite_insert(leases).on_conflict_do_nothing(), rows)
+        else:
+            conn.execute(mysql_insert(leases).prefix_with("IGNORE"), rows)
+
+    def lease_acquire(
+        self, name: str, holder: Holder, ttl: float, *, now: float | None = None
+    ) -> Lease | None:
+        with self._txn() as conn:
+            self._ensure(conn, [name])
+            got = self._acquire(conn, [name], holder, ttl, now)
+            return got.get(name)
+
+    def _acquire(
+        self, conn: Connection, names: Sequence[str], holder: Holder, ttl: float,
+        now: float | None,
+    ) -> dict[str, Lease]:
+        claim = _claim()
+        clock = _now(now)
+        stmt = (
+            update(leases)
+            .where(leases.c.name.in_(names))
+            .where(or_(leases.c.holder_nonce.is_(None), leases.c.expires_at <= clock))
+            .values(
+                term=leases.c.term + 1, holder_node=holder.node_id, holder_group=holder.group,
+                holder_pid=holder.pid, holder_nonce=holder.nonce, claim=claim,
+                acquired_at=clock, renewed_at=clock, expires_at=clock + ttl,
+            )
+        )
+        rows = self._written(conn, stmt, claim)
+        won = {row.name: Lease(row.name, holder, int(row.term), float(row.expires_at))
+               for row in rows}
+        for lease in won.values():
+            self._record_term(conn, lease, now)
+        return won
+
+    def _record_term(self, conn: Connection, lease: Lease, now: float | None) -> None:
+        clock = _now(now)
+        conn.execute(
+            update(terms)
+            .where(terms.c.lease == lease.name, terms.c.term < lease.term,
+                   terms.c.ended_at.is_(None))
+            .values(ended_at=clock, outcome="expired", reason="lease expired")
+        )
+        h = lease.holder
+        conn.execute(insert(terms).values(
+            lease=lease.name, term=lease.term, holder_node=h.node_id, holder_group=h.group,
+            holder_pid=h.pid, holder_nonce=h.nonce, acquired_at=clock,
+        ))
+
+    def _written(self, conn: Connection, stmt: Any, claim: str) -> list[Any]:
+        """Run a claim-stamping UPDATE and read back the rows it really changed."""
+        cols = (leases.c.name, leases.c.term, leases.c.expires_at)
+        if self._returning:
+            return list(conn.execute(stmt.returning(*cols)))
+        conn.execute(stmt)
+        return list(conn.execute(select(*cols).where(leases.c.claim == claim).with_for_update()))
+
+    def lease_renew(self, lease: Lease, ttl: float, *, now: float | None = None) -> Lease | None:
+        with self._txn() as conn:
+            kept = self._renew(conn, lease.holder, {lease.name: lease.term}, ttl, now)
+            return kept.get(lease.name)
+
+    def _renew(
+        self, conn: Connection, holder: Holder, held: dict[str, int], ttl: float,
+        now: float | None,
+    ) -> dict[str, Lease]:
+        if not held:
+            return {}
+        claim = _claim()
+        clock = _now(now)
+        stmt = (
+            update(leases)
+            .where(leases.c.name.in_(list(held)), leases.c.holder_nonce == holder.nonce,
+                   leases.c.expires_at > clock)
+            .values(claim=claim, renewed_at=clock, expires_at=clock + ttl)
+        )
+        rows = self._written(conn, stmt, claim)
+        return {row.name: Lease(row.name, holder, int(row.term), float(row.expires_at))
+                for row in rows if held.get(row.name) == int(row.term)}
+
+    def lease_release(
+        self, lease: Lease, *, reason: str = "released", now: float | None = None
+    ) -> bool:
+        claim = _claim()
+        clock = _now(now)
+        with self._txn() as conn:
+            stmt = (
+                update(leases)
+                .where(leases.c.name == lease.name, leases.c.term == lease.term,
+                       leases.c.holder_nonce == lease.holder.nonce)
+                .values(holder_node=None, holder_group=None, holder_pid=None,
+                        holder_nonce=None, claim=claim, expires_at=clock)
+            )
+            released = bool(self._written(conn, stmt, claim))
+            if released:
+                conn.execute(
+                    update(terms)
+                    .where(terms.c.lease == lease.name, terms.c.term == lease.term,
+                           terms.c.ended_at.is_(None))
+                    .values(ended_at=clock, outcome="released", reason=reason[:255])
+                )
+                if self.backend == "postgresql":
+                    conn.execute(text("SELECT pg_notify('fs_lease_released', :name)"),
+                                 {"name": lease.name})
+            return released
+
+    # --- the node's round trip -------------------------------------------------------------
+
+    def node_sync(
+        self,
+        holder: Holder,
+        *,
+        held: Sequence[Lease],
+        wanted: Sequence[str],
+        ttl: float,
+        now: float | None = None,
+    ) -> SyncResult:
+        with self._txn() as conn:
+            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            self._heartbeat(conn, holder, ttl, now)
+            kept = self._renew(conn, holder, {lease.name: lease.term for lease in held}, ttl, now)
+            acquired = self._acquire(conn, wanted, holder, ttl, now) if wanted else {}
+        lost = tuple(lease.name for lease in held if lease.name not in kept)
+        return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired)
+
+    def _heartbeat(self, conn: Connection, holder: Holder, ttl: float, now: float | None) -> None:
+        clock = _now(now)
+        values = {"heartbeat_at": clock, "expires_at": clock + ttl}
+        row = {"nonce": holder.nonce, "node_id": holder.node_id, "group_name": holder.group,
+               "pid": holder.pid, "started_at": clock, **values}
+        if self.backend == "postgresql":
+            pg = pg_insert(members).values(row)
+            conn.execute(pg.on_conflict_do_update(index_elements=["nonce"], set_=values))
+        elif self.backend == "sqlite":
+            lite = sqlite_insert(members).values(row)
+            conn.execute(lite.on_conflict_do_update(index_elements=["nonce"], set_=values))
+        else:
+            my = mysql_insert(members).values(row)
+            conn.execute(my.on_duplicate_key_update(
+                heartbeat_at=my.inserted.heartbeat_at, expires_at=my.inserted.expires_at))
+
+    def node_leave(self, holder: Holder) -> None:
+        with self._txn() as conn:
+            conn.execute(delete(members).where(members.c.nonce == holder.nonce))
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def members(self, *, now: float | None = None) -> list[Member]:
+        with self._txn() as conn:
+            rows = conn.execute(
+                select(members).where(members.c.expires_at > _now(now))
+                .order_by(members.c.node_id, members.c.started_at)
+            )
+            return [Member(Holder(r.node_id, r.group_name, r.pid, r.nonce),
+                           float(r.started_at), float(r.expires_at)) for r in rows]
+
+    def leases(self, *, now: float | None = None) -> list[LeaseState]:
+        with self._txn() as conn:
+            left = (leases.c.expires_at - _now(now)).label("left")
+            rows = conn.execute(select(leases, left).order_by(leases.c.name))
+            return [LeaseState(
+                r.name, int(r.term),
+                Holder(r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce)
+                if r.holder_nonce is not None else None,
+                float(r.expires_at), float(r.left),
+            ) for r in rows]
+
+    def terms(self, *, lease: str | None = None, limit: int = 100) -> list[TermRecord]:
+        query = select(terms).order_by(terms.c.acquired_at.desc(), terms.c.id.desc()).limit(limit)
+        if lease is not None:
+            query = query.where(or_(terms.c.lease == lease,
+                                    terms.c.lease.like(bindparam("prefix"))))
+        with self._txn() as conn:
+            rows = conn.execute(query, {"prefix": f"{lease}:%"} if lease is not None else {})
+            return [TermRecord(
+                r.lease, int(r.term),
+                Holder(r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
+                float(r.acquired_at), None if r.ended_at is None else float(r.ended_at),
+                r.outcome, r.reason,
+            ) for r in rows]
+
+    def prune_terms(self, older_than: float, *, batch: int = 500) -> int:
+        """Delete ended terms that ended more than `older_than` seconds ago (db time)."""
+        with self._txn() as conn:
+            ids = conn.execute(
+                select(terms.c.id).where(and_(terms.c.ended_at.is_not(None),
+                                              terms.c.ended_at < _DbNow() - older_than))
+                .limit(batch)
+            ).scalars().all()
+            if ids:
+                conn.execute(delete(terms).where(terms.c.id.in_(ids)))
+            return len(ids)
+
+
+def _sqlite_immediate(engine: Engine, busy_ms: int) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE: writers queue instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def _file_lock(database: str | None) -> Iterator[None]:
+    path = Path(database or "supervisor.db").with_suffix(".migrate.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    name = type(orig).__name__ if orig is not None else ""
+    if name == "OperationalError":
+        return True  # psycopg and PyMySQL use it for connection failures and timeouts
+    return isinstance(orig, OSError | TimeoutError)
+
+
+def _shutdown_socket(dbapi_conn: Any) -> None:
+    """Unblock a thread stuck in recv() on this connection."""
+    fd = None
+    with contextlib.suppress(Exception):
+        pgconn = getattr(dbapi_conn, "pgconn", None)
+        if pgconn is not None:
+            fd = pgconn.socket
+        elif getattr(dbapi_conn, "_sock", None) is not None:
+            fd = dbapi_conn._sock.fileno()
+    if fd is None or fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
