@@ -33,6 +33,13 @@ from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.coordination import EveryNode, Grant, WorkerMode
+from supervisor.coordination.leader import (
+    LeaderMode,
+    LeaseKeeper,
+    Timing,
+    lease_name,
+    new_holder,
+)
 from supervisor.errors import ConfigError, ConfigIssue, SpawnError
 from supervisor.model import (
     ConfigRejected,
@@ -135,19 +142,23 @@ async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> Node
     return parse_validation(str(config_path), returncode, stdout, stderr)
 
 
-def make_modes(settings: NodeSpec) -> dict[str, WorkerMode]:
-    """A mode object per worker; ConfigError naming every worker whose mode cannot run."""
-    modes: dict[str, WorkerMode] = {}
-    issues = []
-    for name, config in settings.workers.items():
-        if config.mode is Mode.EVERY_NODE:
-            modes[name] = EveryNode()
-        else:
-            message = f'mode "{config.mode}" is not available in this version'
-            issues.append(ConfigIssue(f"workers.{name}.mode", message))
+AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
+LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
+
+
+def check_modes(settings: NodeSpec) -> None:
+    """ConfigError naming every worker whose mode this version cannot run."""
+    issues = [
+        ConfigIssue(f"workers.{name}.mode",
+                    f'mode "{config.mode}" is not available in this version')
+        for name, config in settings.workers.items() if config.mode not in AVAILABLE_MODES
+    ]
     if issues:
         raise ConfigError("config", issues)
-    return modes
+
+
+def needs_database(settings: NodeSpec) -> bool:
+    return any(w.mode is not Mode.EVERY_NODE for w in settings.workers.values())
 
 
 class WorkerState(StrEnum):
@@ -356,7 +367,8 @@ class Supervisor:
         self._guard: GroupGuard | None = None
         self._group: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
-        self._modes = make_modes(settings)
+        self._keeper: LeaseKeeper | None = None
+        check_modes(settings)
 
     @property
     def workers(self) -> Mapping[str, WorkerSupervisor]:
@@ -375,9 +387,10 @@ class Supervisor:
                 self._group = group
                 sides = [group.create_task(side(), name="side") for side in side_tasks]
                 for name, config in self.settings.workers.items():
-                    self._start_worker(name, config, self._modes[name])
+                    self._start_worker(name, config)
                 await self._stopping.wait()
                 await self._stop_workers(list(self._workers))
+                await self._close_keeper()
                 for task in sides:
                     task.cancel()
         finally:
@@ -385,9 +398,51 @@ class Supervisor:
             await self._guard.close()
         return self._exit_code
 
-    def _start_worker(self, name: str, config: WorkerSpec, mode: WorkerMode) -> None:
+    def _mode_for(self, name: str, config: WorkerSpec) -> WorkerMode:
+        if config.mode is Mode.EVERY_NODE:
+            return EveryNode()
+        keeper = self._ensure_keeper()
+        lease = lease_name(name, config.mode, config.scope, self.settings.group)
+        return LeaderMode(keeper, config.mode, lease, name, self.settings.group)
+
+    def _ensure_keeper(self) -> LeaseKeeper:
+        """The node's coordination loop, started when the first worker needs the database."""
+        if self._keeper is None:
+            if self._group is None:
+                raise RuntimeError("the keeper starts only inside Supervisor.run()")
+            from supervisor.store.sql import SqlStore  # the database stack, only when needed
+
+            timing = self.settings.coordination
+            store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline)
+            self._keeper = LeaseKeeper(
+                store, new_holder(self.settings.node_id, self.settings.group),
+                Timing(timing.lease_ttl, timing.renew_interval, timing.renew_deadline),
+                self._publish,
+            )
+            self._keeper_task = self._group.create_task(self._keeper.run(), name="keeper")
+        return self._keeper
+
+    async def _close_keeper(self) -> None:
+        """After every child has stopped: release what is held, leave, stop the loop."""
+        if self._keeper is None:
+            return
+        self._keeper_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._keeper_task
+        await asyncio.shield(self._keeper.close())
+
+    @property
+    def keeper(self) -> LeaseKeeper | None:
+        return self._keeper
+
+    def ready(self) -> bool:
+        """For /readyz: true unless this node needs the database and cannot reach it."""
+        return self._keeper is None or self._keeper.ready()
+
+    def _start_worker(self, name: str, config: WorkerSpec) -> None:
         if self._group is None:
             raise RuntimeError("workers start only inside Supervisor.run()")
+        mode = self._mode_for(name, config)
         worker = WorkerSupervisor(
             name, config, self.settings, mode=mode, publish=self._publish, guard=self._guard,
             base_dir=self._base_dir, environ=self._environ, clock=self._clock,
@@ -463,7 +518,7 @@ class Supervisor:
         async with self._reload_lock:
             try:
                 new = await load_spec_async(self._config_path, self._environ)
-                modes = make_modes(new)
+                check_modes(new)
             except ConfigError as exc:
                 issues = tuple(str(issue) for issue in exc.issues)
                 log.error("reload rejected, keeping the running set: %s", "; ".join(issues))
@@ -477,7 +532,7 @@ class Supervisor:
             await self._stop_workers(removed + changed)
             self.settings = dataclasses.replace(self.settings, workers=new.workers)
             for name in added + changed:
-                self._start_worker(name, new.workers[name], modes[name])
+                self._start_worker(name, new.workers[name])
             self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
             return True
 

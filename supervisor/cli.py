@@ -83,14 +83,14 @@ def validate(config_path: Path) -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
-    from supervisor.app import load_spec, make_modes
+    from supervisor.app import check_modes, load_spec
     from supervisor.logs import configure_logging
 
     if conflict := _supervisord_conflict():
         _fail(conflict)
     try:
         spec = load_spec(config_path)
-        make_modes(spec)
+        check_modes(spec)
     except ConfigError as exc:
         _fail(_describe(config_path, exc))
     configure_logging(spec.log_format)
@@ -117,6 +117,12 @@ async def _serve(spec: NodeSpec, config_path: Path) -> int:
     from supervisor.logs import EventLog
 
     subscribers: list[Callable[[Event], None]] = [EventLog(spec.log_format)]
+
+    def publish(event: Event) -> None:
+        for subscriber in subscribers:
+            subscriber(event)
+
+    supervisor = Supervisor(spec, config_path=config_path, publish=publish)
     sides: list[SideTask] = []
     if spec.metrics.enabled:
         from supervisor.http import HealthServer
@@ -124,7 +130,8 @@ async def _serve(spec: NodeSpec, config_path: Path) -> int:
 
         metrics = Metrics()
         subscribers.append(metrics)
-        server = HealthServer(spec.metrics.host, spec.metrics.port, metrics.exposition)
+        server = HealthServer(spec.metrics.host, spec.metrics.port, metrics.exposition,
+                              ready=supervisor.ready)
         try:
             await server.start()
         except OSError as exc:
@@ -134,12 +141,6 @@ async def _serve(spec: NodeSpec, config_path: Path) -> int:
             )
             return EXIT_RUNTIME
         sides.append(server.serve)
-
-    def publish(event: Event) -> None:
-        for subscriber in subscribers:
-            subscriber(event)
-
-    supervisor = Supervisor(spec, config_path=config_path, publish=publish)
     logging.getLogger("supervisor").info(
         "node %s in group %s: starting %d workers", spec.node_id, spec.group, len(spec.workers),
     )

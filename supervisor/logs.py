@@ -16,6 +16,8 @@ from typing import Any, TextIO
 from supervisor.model import (
     ConfigReloaded,
     Event,
+    LeadershipGained,
+    LeadershipLost,
     RestartScheduled,
     WorkerExited,
     WorkerGaveUp,
@@ -85,6 +87,12 @@ class EventLog:
         elif isinstance(event, WorkerGaveUp):
             log.error("%s: gave up after %d restarts within %s%s", event.worker, event.restarts,
                       format_duration(event.window), " (critical)" if event.critical else "")
+        elif isinstance(event, LeadershipGained):
+            log.info("%s: leader of %s with fencing token %d", event.worker, event.lease,
+                     event.term)
+        elif isinstance(event, LeadershipLost):
+            log.info("%s: no longer leader of %s (term %d): %s", event.worker, event.lease,
+                     event.term, event.reason)
         elif isinstance(event, ConfigReloaded):
             log.info("reloaded: started %s, stopped %s, restarted %s",
                      list(event.started), list(event.stopped), list(event.restarted))

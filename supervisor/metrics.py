@@ -1,16 +1,24 @@
 """Prometheus metrics, in a registry of their own, fed by events.
 
 Names follow SPEC.md: `supervisor_worker_up`, `supervisor_worker_restarts_total`,
-`supervisor_worker_exits_total{reason}`; plus the backoff state, so a worker that
-keeps failing is visible before anyone reads its logs.
+`supervisor_worker_exits_total{reason}`, `supervisor_leader`,
+`supervisor_lease_renewals_total`, `supervisor_lease_renewal_failures_total`,
+`supervisor_heartbeat_timestamp_seconds`, `supervisor_db_seconds`; plus the backoff
+state, so a worker that keeps failing is visible before anyone reads its logs, the
+fencing token held, and the database-minus-local clock offset.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from supervisor.model import (
+    DatabaseCall,
     Event,
+    LeadershipGained,
+    LeadershipLost,
+    LeaseRenewed,
+    NodeHeartbeat,
     RestartScheduled,
     WorkerExited,
     WorkerGaveUp,
@@ -40,9 +48,37 @@ class Metrics:
                             "1 when the worker reached max_restarts and was given up", ["worker"],
                             registry=r)
 
+        self.leader = Gauge("supervisor_leader",
+                            "1 while this node holds the worker's lease and runs it",
+                            ["worker", "group"], registry=r)
+        self.term = Gauge("supervisor_leader_term",
+                          "The fencing token of the term this node holds; 0 when none",
+                          ["worker", "group"], registry=r)
+        self.renewals = Counter("supervisor_lease_renewals", "Lease renewals that succeeded",
+                                ["worker", "group"], registry=r)
+        self.renewal_failures = Counter("supervisor_lease_renewal_failures",
+                                        "Lease renewals that failed", ["worker", "group"],
+                                        registry=r)
+        self.leadership_changes = Counter("supervisor_leadership_changes",
+                                          "Leadership gained or lost by this node",
+                                          ["worker", "group", "change"], registry=r)
+        self.heartbeat = Gauge("supervisor_heartbeat_timestamp_seconds",
+                               "When this node last proved itself alive to the database",
+                               registry=r)
+        self.clock_offset = Gauge("supervisor_db_clock_offset_seconds",
+                                  "The database's clock minus this node's wall clock",
+                                  registry=r)
+        self.db_seconds = Histogram("supervisor_db_seconds", "Database round trips",
+                                    ["operation", "result"], registry=r,
+                                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                                             1, 2.5, 5, 10))
+
     def __call__(self, event: Event) -> None:
         name = event.worker
-        if isinstance(event, WorkerStarted):
+        if isinstance(event, LeadershipGained | LeadershipLost | LeaseRenewed | NodeHeartbeat
+                      | DatabaseCall):
+            self._coordination(event)
+        elif isinstance(event, WorkerStarted):
             self.worker_up.labels(name).set(1)
             self.backoff.labels(name).set(0)
             self.failed.labels(name).set(0)
@@ -55,6 +91,25 @@ class Metrics:
             self.attempt.labels(name).set(event.attempt)
         elif isinstance(event, WorkerGaveUp):
             self.failed.labels(name).set(1)
+
+    def _coordination(self, event: Event) -> None:
+        if isinstance(event, LeadershipGained):
+            self.leader.labels(event.worker, event.group).set(1)
+            self.term.labels(event.worker, event.group).set(event.term)
+            self.leadership_changes.labels(event.worker, event.group, "gained").inc()
+        elif isinstance(event, LeadershipLost):
+            self.leader.labels(event.worker, event.group).set(0)
+            self.term.labels(event.worker, event.group).set(0)
+            self.leadership_changes.labels(event.worker, event.group, "lost").inc()
+        elif isinstance(event, LeaseRenewed):
+            counter = self.renewals if event.ok else self.renewal_failures
+            counter.labels(event.worker, event.group).inc()
+        elif isinstance(event, NodeHeartbeat):
+            self.heartbeat.set(event.at)
+            self.clock_offset.set(event.clock_offset)
+        elif isinstance(event, DatabaseCall):
+            result = "ok" if event.ok else "error"
+            self.db_seconds.labels(event.operation, result).observe(event.seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -234,3 +234,39 @@ class ConfigReloaded(Event):
 @dataclass(frozen=True)
 class ConfigRejected(Event):
     issues: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LeadershipGained(Event):
+    group: str
+    lease: str
+    term: int  # the fencing token
+
+
+@dataclass(frozen=True)
+class LeadershipLost(Event):
+    group: str
+    lease: str
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaseRenewed(Event):
+    group: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat(Event):
+    """The node proved itself alive to the database (worker is "")."""
+
+    at: float  # wall clock, for the heartbeat timestamp metric only
+    clock_offset: float  # database clock minus local wall clock, seconds
+
+
+@dataclass(frozen=True)
+class DatabaseCall(Event):
+    operation: str
+    seconds: float
+    ok: bool

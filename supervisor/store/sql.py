@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,22 @@ class SqlStore:
     def node_leave(self, holder: Holder) -> None:
         with self._txn() as conn:
             conn.execute(delete(members).where(members.c.nonce == holder.nonce))
+
+    def listen_released(self, wake: Callable[[], None], stop: threading.Event) -> bool:
+        """PostgreSQL: call `wake` on every lease release until `stop`; False elsewhere."""
+        if self.backend != "postgresql":
+            return False
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        with psycopg.connect(conninfo, autocommit=True,
+                             connect_timeout=max(1, int(self.timeout))) as conn:
+            conn.execute("LISTEN fs_lease_released")
+            while not stop.is_set():
+                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    wake()
+        return True
 
     # --- reading -------------------------------------------------------------------------------
 
