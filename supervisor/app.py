@@ -224,16 +224,25 @@ class WorkerSupervisor:
             grant = await self._unless_stopped(self._mode.acquire())
             if grant is None:
                 break
-            reason = "stopped"
+            done = False
             try:
-                if await self._run_granted(grant):
-                    reason = str(self.state)
-                    break
+                done = await self._run_granted(grant)
             finally:
-                await asyncio.shield(self._mode.release(grant, reason))
+                await asyncio.shield(self._mode.release(grant, self._release_reason(grant)))
+            if done:
+                break
         if self.state not in (WorkerState.EXITED, WorkerState.FAILED):
             self.state = WorkerState.STOPPED
         return self.state
+
+    def _release_reason(self, grant: Grant) -> str:
+        if self.state is WorkerState.FAILED:
+            return "the worker kept failing (max_restarts)"
+        if self.state is WorkerState.EXITED:
+            return "the worker exited"
+        if grant.revoked.is_set():
+            return "lost the lease"
+        return "supervisor stopped" if self._stop.is_set() else "stopped"
 
     async def _run_granted(self, grant: Grant) -> bool:
         """Run and restart the child while the grant holds; True when the worker is done."""
@@ -417,7 +426,7 @@ class Supervisor:
             self._keeper = LeaseKeeper(
                 store, new_holder(self.settings.node_id, self.settings.group),
                 Timing(timing.lease_ttl, timing.renew_interval, timing.renew_deadline),
-                self._publish,
+                self._publish, history_keep=self.settings.history.keep,
             )
             self._keeper_task = self._group.create_task(self._keeper.run(), name="keeper")
         return self._keeper

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from supervisor import __version__
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, StoreError
 from supervisor.model import Event
 
 if TYPE_CHECKING:
     from supervisor.config import Settings
     from supervisor.spec import NodeSpec
+    from supervisor.store.sql import SqlStore
 
 EXIT_INVALID = 2
 EXIT_RUNTIME = 1
@@ -95,6 +96,82 @@ def run(config_path: Path) -> None:
         _fail(_describe(config_path, exc))
     configure_logging(spec.log_format)
     sys.exit(_run(spec, config_path))
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(config_path: Path, as_json: bool) -> None:
+    """The fleet as the database sees it: live nodes, leaders, terms, time left."""
+    from supervisor.fleetview import status_data, status_text
+
+    store = _open_store(config_path)
+    try:
+        data = status_data(store.masked_url, store.db_now(), store.members(), store.leases())
+    except StoreError as exc:
+        _unreachable(exc)
+    finally:
+        store.close()
+    click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
+
+
+@main.command()
+@config_option
+@click.argument("worker", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--limit", default=100, show_default=True, help="How many records at most.")
+def history(config_path: Path, worker: str | None, as_json: bool, limit: int) -> None:
+    """Leadership terms, newest first (of one WORKER, or all)."""
+    from supervisor.fleetview import history_data, history_text
+
+    store = _open_store(config_path)
+    try:
+        lease = f"leader/{worker}" if worker else None
+        rows = history_data(store.terms(lease=lease, limit=limit))
+    except StoreError as exc:
+        _unreachable(exc)
+    finally:
+        store.close()
+    click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command()
+@config_option
+def upgrade(config_path: Path) -> None:
+    """Create or migrate the schema (run does it too; safe when many nodes start at once)."""
+    store = _open_store(config_path)
+    try:
+        store.upgrade()
+    except StoreError as exc:
+        _unreachable(exc)
+    finally:
+        store.close()
+    click.echo(f"schema of {store.masked_url} is up to date")
+
+
+def _open_store(config_path: Path) -> SqlStore:
+    from supervisor.store.sql import SqlStore
+
+    settings = _load(config_path)
+    try:
+        return SqlStore(settings.database_url, timeout=settings.coordination.renew_deadline)
+    except StoreError as exc:
+        _unreachable(exc)
+
+
+def _unreachable(exc: StoreError) -> NoReturn:
+    hint = ""
+    if "no such table" in str(exc.__cause__) or "does not exist" in str(exc.__cause__) or (
+        "doesn't exist" in str(exc.__cause__)
+    ):
+        hint = " (no schema yet: run `supervisor db upgrade` or start a node)"
+    click.echo(f"error: {exc}{hint}", err=True)
+    sys.exit(EXIT_RUNTIME)
 
 
 def _run(spec: NodeSpec, config_path: Path) -> int:

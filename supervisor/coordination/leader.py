@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 _JITTER = 0.1  # a follower's retry interval varies by +-10 %, so nodes do not march in step
 _UPGRADE_BACKOFF = (0.5, 15.0)
+_MAINTAIN_EVERY = 30.0  # seconds between history upkeep passes (closing and pruning terms)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class LeaseKeeper:
         publish: Callable[[Event], None],
         *,
         upgrade: bool = True,
+        history_keep: float = 7 * 86400.0,
     ) -> None:
         self.store = store
         self.holder = holder
@@ -107,6 +109,8 @@ class LeaseKeeper:
         self.state = KeeperState()
         self._publish = publish
         self._upgrade = upgrade
+        self._history_keep = history_keep
+        self._next_upkeep = 0.0
         self._slots: dict[str, _Slot] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -155,6 +159,7 @@ class LeaseKeeper:
             while True:
                 self._wake.clear()
                 await self._sync()
+                await self._upkeep()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._interval()):
                         await self._wake.wait()
@@ -209,6 +214,16 @@ class LeaseKeeper:
             self._publish(LeaseRenewed(slot.worker, slot.group, True))
         for name, lease in result.acquired.items():
             self._gained(self._slots[name], lease, sent_at)
+
+    async def _upkeep(self) -> None:
+        """Now and then: close terms of dead holders, prune old history (small batches)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_upkeep:
+            return
+        self._next_upkeep = now + _MAINTAIN_EVERY * (1 + random.random())
+        with contextlib.suppress(StoreError):
+            await self._call(self.store.maintain, self._history_keep,
+                             within=self.timing.renew_deadline)
 
     def _failed(self, exc: StoreError, held: list[Lease]) -> None:
         self.state.failures += 1

@@ -148,5 +148,9 @@ class CoordinationStore(Protocol):
     def terms(self, *, lease: str | None = None, limit: int = 100) -> list[TermRecord]:
         """Leadership terms, newest first."""
 
+    def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
+        """Close terms whose holder stopped renewing ("expired": never left running for
+        ever) and delete up to `batch` terms that ended more than `keep` seconds ago."""
+
     def close(self) -> None:
         """Release connections."""

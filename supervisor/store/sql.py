@@ -40,6 +40,8 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
+    func,
     insert,
     literal,
     or_,
@@ -432,7 +434,7 @@ class SqlStore:
             query = query.where(or_(terms.c.lease == lease,
                                     terms.c.lease.like(bindparam("prefix"))))
         with self._txn() as conn:
-            rows = conn.execute(query, {"prefix": f"{lease}:%"} if lease is not None else {})
+            rows = conn.execute(query, {"prefix": f"{lease}/%"} if lease is not None else {})
             return [TermRecord(
                 r.lease, int(r.term),
                 Holder(r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
@@ -440,17 +442,31 @@ class SqlStore:
                 r.outcome, r.reason,
             ) for r in rows]
 
-    def prune_terms(self, older_than: float, *, batch: int = 500) -> int:
-        """Delete ended terms that ended more than `older_than` seconds ago (db time)."""
+    def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
+        """Close terms whose holder stopped renewing (outcome "expired"), and delete
+        terms that ended more than `keep` seconds ago, at most `batch` of them."""
+        clock = _now(now)
+        current = leases.alias("current")
+        same_term = and_(current.c.name == terms.c.lease, current.c.term == terms.c.term)
         with self._txn() as conn:
-            ids = conn.execute(
-                select(terms.c.id).where(and_(terms.c.ended_at.is_not(None),
-                                              terms.c.ended_at < _DbNow() - older_than))
-                .limit(batch)
+            conn.execute(
+                update(terms)
+                .where(terms.c.ended_at.is_(None))
+                .where(~exists().where(same_term, current.c.holder_nonce.is_not(None),
+                                       current.c.expires_at > clock))
+                .values(
+                    ended_at=func.coalesce(
+                        select(current.c.expires_at).where(same_term).scalar_subquery(), clock),
+                    outcome="expired", reason="the holder stopped renewing",
+                )
+            )
+            old = conn.execute(
+                select(terms.c.id).where(terms.c.ended_at.is_not(None),
+                                         terms.c.ended_at < clock - keep).limit(batch)
             ).scalars().all()
-            if ids:
-                conn.execute(delete(terms).where(terms.c.id.in_(ids)))
-            return len(ids)
+            if old:
+                conn.execute(delete(terms).where(terms.c.id.in_(old)))
+            return len(old)
 
 
 def _sqlite_immediate(engine: Engine, busy_ms: int) -> None:
