@@ -36,7 +36,6 @@ from supervisor.coordination import EveryNode, Grant, WorkerMode
 from supervisor.coordination.leader import (
     LeaderMode,
     LeaseKeeper,
-    Timing,
     lease_name,
     new_holder,
 )
@@ -155,10 +154,6 @@ def check_modes(settings: NodeSpec) -> None:
     ]
     if issues:
         raise ConfigError("config", issues)
-
-
-def needs_database(settings: NodeSpec) -> bool:
-    return any(w.mode is not Mode.EVERY_NODE for w in settings.workers.values())
 
 
 class WorkerState(StrEnum):
@@ -425,7 +420,7 @@ class Supervisor:
             store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline)
             self._keeper = LeaseKeeper(
                 store, new_holder(self.settings.node_id, self.settings.group),
-                Timing(timing.lease_ttl, timing.renew_interval, timing.renew_deadline),
+                timing,
                 self._publish, history_keep=self.settings.history.keep,
             )
             self._keeper_task = self._group.create_task(self._keeper.run(), name="keeper")

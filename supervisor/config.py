@@ -44,6 +44,7 @@ from supervisor.model import (
     Mode,
     RestartPolicy,
     format_duration,
+    leader_stop_grace,
     mask_url,
     parse_duration,
     parse_signal,
@@ -102,12 +103,7 @@ class CoordinationConfig(_Section):
 
     @property
     def leader_stop_grace(self) -> float:
-        """How long a leader that lost trust lets its child stop before SIGKILL.
-
-        The child must be dead before the lease can expire anywhere:
-        renew_deadline + grace + renew_interval + 1 s margin <= lease_ttl.
-        """
-        return self.lease_ttl - self.renew_deadline - self.renew_interval - 1.0
+        return leader_stop_grace(self.lease_ttl, self.renew_interval, self.renew_deadline)
 
     @model_validator(mode="after")
     def _timings_are_safe(self) -> CoordinationConfig:

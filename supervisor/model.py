@@ -99,6 +99,15 @@ def format_duration(seconds: float) -> str:
     return next(text for text in candidates if parse_duration(text) == seconds)
 
 
+def leader_stop_grace(lease_ttl: float, renew_interval: float, renew_deadline: float) -> float:
+    """How long a leader that lost trust lets its child stop before SIGKILL.
+
+    The child must be dead before the lease can expire anywhere:
+    renew_deadline + grace + renew_interval + 1 s margin <= lease_ttl.
+    """
+    return lease_ttl - renew_deadline - renew_interval - 1.0
+
+
 # --- signals and secrets -----------------------------------------------------------------------
 
 

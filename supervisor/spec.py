@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.model import Mode, RestartPolicy
+from supervisor.model import Mode, RestartPolicy, leader_stop_grace
 from supervisor.policy import Backoff
 
 
@@ -54,8 +54,7 @@ class CoordinationSpec:
 
     @property
     def leader_stop_grace(self) -> float:
-        """How long a leader that lost trust lets its child stop before SIGKILL."""
-        return self.lease_ttl - self.renew_deadline - self.renew_interval - 1.0
+        return leader_stop_grace(self.lease_ttl, self.renew_interval, self.renew_deadline)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from supervisor.model import (
     Mode,
     NodeHeartbeat,
 )
+from supervisor.spec import CoordinationSpec
 from supervisor.store import CoordinationStore, Holder, Lease
 
 log = logging.getLogger("supervisor")
@@ -52,17 +53,6 @@ T = TypeVar("T")
 _JITTER = 0.1  # a follower's retry interval varies by +-10 %, so nodes do not march in step
 _UPGRADE_BACKOFF = (0.5, 15.0)
 _MAINTAIN_EVERY = 30.0  # seconds between history upkeep passes (closing and pruning terms)
-
-
-@dataclass(frozen=True)
-class Timing:
-    lease_ttl: float
-    renew_interval: float
-    renew_deadline: float
-
-    @property
-    def stop_grace(self) -> float:
-        return self.lease_ttl - self.renew_deadline - self.renew_interval - 1.0
 
 
 @dataclass
@@ -97,7 +87,7 @@ class LeaseKeeper:
         self,
         store: CoordinationStore,
         holder: Holder,
-        timing: Timing,
+        timing: CoordinationSpec,
         publish: Callable[[Event], None],
         *,
         upgrade: bool = True,
@@ -168,7 +158,13 @@ class LeaseKeeper:
             listener.cancel()
 
     def _interval(self) -> float:
-        return self.timing.renew_interval * (1 + _JITTER * (2 * random.random() - 1))
+        """A renew interval with jitter; while the database fails and nothing is held,
+        backing off up to half a lease TTL (a holder keeps trying every interval)."""
+        base = self.timing.renew_interval
+        failures = self.state.failures
+        if failures and not any(s.lease for s in self._slots.values()):
+            base = min(base * 2 ** min(failures, 8), max(base, self.timing.lease_ttl / 2))
+        return base * (1 + _JITTER * (2 * random.random() - 1))
 
     async def _upgrade_with_retries(self) -> None:
         delay = _UPGRADE_BACKOFF[0]
@@ -251,7 +247,7 @@ class LeaseKeeper:
         slot.lease = lease
         slot.grant = Grant(
             env={"SUPERVISOR_FENCING_TOKEN": str(lease.term)},
-            stop_grace=self.timing.stop_grace,
+            stop_grace=self.timing.leader_stop_grace,
         )
         self._trust(slot, sent_at + self.timing.renew_deadline)
         self._publish(LeadershipGained(slot.worker, slot.group, slot.name, lease.term))
@@ -271,7 +267,7 @@ class LeaseKeeper:
 
     def _trust_expired(self, slot: _Slot) -> None:
         late = asyncio.get_running_loop().time() - slot.trust_until
-        grace = max(0.0, self.timing.stop_grace - late)  # thawed late: kill at once
+        grace = max(0.0, self.timing.leader_stop_grace - late)  # thawed late: kill at once
         self._revoke(slot, f"could not renew within renew_deadline "
                            f"({self.timing.renew_deadline:g}s)", grace=grace)
 
