@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.databases"]  # database_url fixtures: SQLite, PostgreSQL, MariaDB
+
 SUPERVISOR_BIN = Path(sys.executable).parent / "supervisor"
 WORKERS = Path(__file__).parent / "workers"
 PYTHON = sys.executable

@@ -144,7 +144,10 @@ class LeaseKeeper:
         loop = asyncio.get_running_loop()
         if self._upgrade:
             await self._upgrade_with_retries()
-        listener = loop.run_in_executor(None, self._listen, loop)
+        # A daemon thread, not the default executor: asyncio.run() waits for that at exit.
+        listener = threading.Thread(target=self._listen, args=(loop,), daemon=True,
+                                    name="fs-listen")
+        listener.start()
         try:
             while True:
                 self._wake.clear()
@@ -155,7 +158,6 @@ class LeaseKeeper:
                         await self._wake.wait()
         finally:
             self._listener_stop.set()
-            listener.cancel()
 
     def _interval(self) -> float:
         """A renew interval with jitter; while the database fails and nothing is held,

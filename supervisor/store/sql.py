@@ -30,13 +30,12 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Double,
     Engine,
     and_,
-    bindparam,
     create_engine,
     delete,
     event,
@@ -47,6 +46,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.mysql import insert as mysql_insert
@@ -70,6 +70,12 @@ from supervisor.store import (
 from supervisor.store.schema import leases, members, terms
 
 MIGRATE_LOCK = 0x46535550  # "FSUP": the advisory lock id around schema upgrades
+_DEADLOCK_TRIES = 3
+T = TypeVar("T")
+
+
+class _Deadlock(StoreError):
+    """The database chose this transaction as a deadlock victim; it is safe to retry."""
 
 
 class _DbNow(FunctionElement[float]):
@@ -143,6 +149,7 @@ class SqlStore:
                 "write_timeout": secs,
                 "init_command": f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {secs}",
             }
+            kwargs["isolation_level"] = "READ COMMITTED"  # no gap locks between nodes' upserts
         elif self.backend == "sqlite":
             kwargs = {"connect_args": {"timeout": self.timeout, "check_same_thread": False}}
         engine = create_engine(parsed, **kwargs)
@@ -172,8 +179,21 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"database error on {self.masked_url}: {type(exc).__name__}") from exc
 
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one transaction, tried again when the database broke a deadlock."""
+        for attempt in range(_DEADLOCK_TRIES):
+            try:
+                with self._txn() as conn:
+                    return work(conn)
+            except _Deadlock:
+                if attempt == _DEADLOCK_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _translate(self, exc: DBAPIError) -> StoreError:
         kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+        if _is_deadlock(exc):
+            return _Deadlock(f"database {self.masked_url} aborted a deadlock ({kind})")
         if exc.connection_invalidated or _is_unreachable(exc):
             return StoreUnavailable(f"database {self.masked_url} unreachable ({kind})")
         return StoreError(f"database error on {self.masked_url} ({kind})")
@@ -206,7 +226,9 @@ class SqlStore:
         try:
             with self.engine.connect() as conn:
                 if self.backend == "postgresql":
-                    conn.execute(text("SET statement_timeout = 0; SET lock_timeout = 0"))
+                    # Waiting for another node's upgrade is fine; for ever is not.
+                    conn.execute(text("SET statement_timeout = '120s'"))
+                    conn.execute(text("SET lock_timeout = '120s'"))
                     conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATE_LOCK})
                     conn.commit()
                     try:
@@ -235,10 +257,8 @@ class SqlStore:
             return float(conn.execute(select(_DbNow())).scalar_one())
 
     def lease_ensure(self, names: Sequence[str]) -> None:
-        if not names:
-            return
-        with self._txn() as conn:
-            self._ensure(conn, names)
+        if names:
+            self._run(lambda conn: self._ensure(conn, names))
 
     def _ensure(self, conn: Connection, names: Sequence[str]) -> None:
         rows = [{"name": name, "term": 0, "expires_at": 0.0} for name in names]
@@ -252,10 +272,10 @@ class SqlStore:
     def lease_acquire(
         self, name: str, holder: Holder, ttl: float, *, now: float | None = None
     ) -> Lease | None:
-        with self._txn() as conn:
-            self._ensure(conn, [name])
-            got = self._acquire(conn, [name], holder, ttl, now)
-            return got.get(name)
+        # The row is created in a transaction of its own: on MariaDB an INSERT IGNORE and
+        # the UPDATE in one transaction deadlock against a competitor doing the same.
+        self.lease_ensure([name])
+        return self._run(lambda conn: self._acquire(conn, [name], holder, ttl, now)).get(name)
 
     def _acquire(
         self, conn: Connection, names: Sequence[str], holder: Holder, ttl: float,
@@ -303,9 +323,9 @@ class SqlStore:
         return list(conn.execute(select(*cols).where(leases.c.claim == claim).with_for_update()))
 
     def lease_renew(self, lease: Lease, ttl: float, *, now: float | None = None) -> Lease | None:
-        with self._txn() as conn:
-            kept = self._renew(conn, lease.holder, {lease.name: lease.term}, ttl, now)
-            return kept.get(lease.name)
+        held = {lease.name: lease.term}
+        return self._run(lambda conn: self._renew(conn, lease.holder, held, ttl, now)).get(
+            lease.name)
 
     def _renew(
         self, conn: Connection, holder: Holder, held: dict[str, int], ttl: float,
@@ -317,39 +337,43 @@ class SqlStore:
         clock = _now(now)
         stmt = (
             update(leases)
-            .where(leases.c.name.in_(list(held)), leases.c.holder_nonce == holder.nonce,
-                   leases.c.expires_at > clock)
+            .where(tuple_(leases.c.name, leases.c.term).in_(list(held.items())),
+                   leases.c.holder_nonce == holder.nonce, leases.c.expires_at > clock)
             .values(claim=claim, renewed_at=clock, expires_at=clock + ttl)
         )
         rows = self._written(conn, stmt, claim)
         return {row.name: Lease(row.name, holder, int(row.term), float(row.expires_at))
-                for row in rows if held.get(row.name) == int(row.term)}
+                for row in rows}
 
     def lease_release(
         self, lease: Lease, *, reason: str = "released", now: float | None = None
     ) -> bool:
+        """Only an unexpired lease can be released: an expired one was lost, not given back
+        (its term is closed as "expired" by `maintain` or the next acquire)."""
+        return self._run(lambda conn: self._release(conn, lease, reason, now))
+
+    def _release(self, conn: Connection, lease: Lease, reason: str, now: float | None) -> bool:
         claim = _claim()
         clock = _now(now)
-        with self._txn() as conn:
-            stmt = (
-                update(leases)
-                .where(leases.c.name == lease.name, leases.c.term == lease.term,
-                       leases.c.holder_nonce == lease.holder.nonce)
-                .values(holder_node=None, holder_group=None, holder_pid=None,
-                        holder_nonce=None, claim=claim, expires_at=clock)
-            )
-            released = bool(self._written(conn, stmt, claim))
-            if released:
-                conn.execute(
-                    update(terms)
-                    .where(terms.c.lease == lease.name, terms.c.term == lease.term,
-                           terms.c.ended_at.is_(None))
-                    .values(ended_at=clock, outcome="released", reason=reason[:255])
-                )
-                if self.backend == "postgresql":
-                    conn.execute(text("SELECT pg_notify('fs_lease_released', :name)"),
-                                 {"name": lease.name})
-            return released
+        stmt = (
+            update(leases)
+            .where(leases.c.name == lease.name, leases.c.term == lease.term,
+                   leases.c.holder_nonce == lease.holder.nonce, leases.c.expires_at > clock)
+            .values(holder_node=None, holder_group=None, holder_pid=None,
+                    holder_nonce=None, claim=claim, expires_at=clock)
+        )
+        if not self._written(conn, stmt, claim):
+            return False
+        conn.execute(
+            update(terms)
+            .where(terms.c.lease == lease.name, terms.c.term == lease.term,
+                   terms.c.ended_at.is_(None))
+            .values(ended_at=clock, outcome="released", reason=reason[:255])
+        )
+        if self.backend == "postgresql":
+            conn.execute(text("SELECT pg_notify('fs_lease_released', :name)"),
+                         {"name": lease.name})
+        return True
 
     # --- the node's round trip -------------------------------------------------------------
 
@@ -362,13 +386,15 @@ class SqlStore:
         ttl: float,
         now: float | None = None,
     ) -> SyncResult:
-        with self._txn() as conn:
+        def work(conn: Connection) -> SyncResult:
             db_now = float(conn.execute(select(_now(now))).scalar_one())
             self._heartbeat(conn, holder, ttl, now)
             kept = self._renew(conn, holder, {lease.name: lease.term for lease in held}, ttl, now)
             acquired = self._acquire(conn, wanted, holder, ttl, now) if wanted else {}
-        lost = tuple(lease.name for lease in held if lease.name not in kept)
-        return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired)
+            lost = tuple(lease.name for lease in held if lease.name not in kept)
+            return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired)
+
+        return self._run(work)
 
     def _heartbeat(self, conn: Connection, holder: Holder, ttl: float, now: float | None) -> None:
         clock = _now(now)
@@ -387,8 +413,7 @@ class SqlStore:
                 heartbeat_at=my.inserted.heartbeat_at, expires_at=my.inserted.expires_at))
 
     def node_leave(self, holder: Holder) -> None:
-        with self._txn() as conn:
-            conn.execute(delete(members).where(members.c.nonce == holder.nonce))
+        self._run(lambda conn: conn.execute(delete(members).where(members.c.nonce == holder.nonce)))
 
     def listen_released(self, wake: Callable[[], None], stop: threading.Event) -> bool:
         """PostgreSQL: call `wake` on every lease release until `stop`; False elsewhere."""
@@ -430,11 +455,11 @@ class SqlStore:
 
     def terms(self, *, lease: str | None = None, limit: int = 100) -> list[TermRecord]:
         query = select(terms).order_by(terms.c.acquired_at.desc(), terms.c.id.desc()).limit(limit)
-        if lease is not None:
+        if lease is not None:  # the lease itself, or its per-group leases "lease/group"
             query = query.where(or_(terms.c.lease == lease,
-                                    terms.c.lease.like(bindparam("prefix"))))
+                                    terms.c.lease.startswith(f"{lease}/", autoescape=True)))
         with self._txn() as conn:
-            rows = conn.execute(query, {"prefix": f"{lease}/%"} if lease is not None else {})
+            rows = conn.execute(query)
             return [TermRecord(
                 r.lease, int(r.term),
                 Holder(r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
@@ -488,7 +513,7 @@ def _sqlite_immediate(engine: Engine, busy_ms: int) -> None:
 
 @contextlib.contextmanager
 def _file_lock(database: str | None) -> Iterator[None]:
-    path = Path(database or "supervisor.db").with_suffix(".migrate.lock")
+    path = Path(f"{database or 'supervisor.db'}-migrate.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -497,12 +522,36 @@ def _file_lock(database: str | None) -> Iterator[None]:
         os.close(fd)
 
 
+_MYSQL_UNREACHABLE = {2003, 2006, 2013, 2055, 1205, 1927, 3024}  # no route, gone, lost, timeouts
+_MYSQL_DEADLOCK = {1213}
+
+
 def _is_unreachable(exc: DBAPIError) -> bool:
+    """The server could not be reached or did not answer in time (not: a bad query)."""
     orig = exc.orig
-    name = type(orig).__name__ if orig is not None else ""
-    if name == "OperationalError":
-        return True  # psycopg and PyMySQL use it for connection failures and timeouts
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        # No SQLSTATE: the connection failed or timed out; 57014 statement timeout,
+        # 55P03 lock timeout, 57P01-3 the server is shutting down, 08xxx connection.
+        return sqlstate == "" or sqlstate[:2] == "08" or sqlstate in (
+            "57014", "55P03", "57P01", "57P02", "57P03")
+    if module.startswith("pymysql") and orig is not None:
+        return bool(orig.args) and orig.args[0] in _MYSQL_UNREACHABLE
+    if module.startswith("sqlite3"):
+        text_ = str(orig).lower()
+        return "locked" in text_ or "unable to open" in text_ or "disk i/o" in text_
     return isinstance(orig, OSError | TimeoutError)
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        return getattr(orig, "sqlstate", None) in ("40P01", "40001")
+    if module.startswith("pymysql") and orig is not None:
+        return bool(orig.args) and orig.args[0] in _MYSQL_DEADLOCK
+    return False
 
 
 def _shutdown_socket(dbapi_conn: Any) -> None:
