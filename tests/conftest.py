@@ -166,6 +166,11 @@ def supervisor_run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         running.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart a shared database server run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("server_restart") is not None)
+
+
 BASE_CONFIG = """
 [metrics]
 enabled = false

@@ -1,0 +1,1 @@
+"""Test harness pieces shared by the fault tests: a TCP proxy and a fleet of nodes."""
