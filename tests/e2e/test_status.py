@@ -118,3 +118,37 @@ def test_status_exits_1_when_the_database_cannot_be_reached(tmp_path, url):
     assert "unreachable" in done.stderr and "u:***@" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_leader_whose_child_keeps_failing_hands_the_lease_on(supervisor_run, tmp_path,
+                                                               database_url):
+    def config(node: str, worker: str) -> str:
+        return f"""
+database_url = "{database_url}"
+node_id = "{node}"
+{TIMINGS}
+[metrics]
+enabled = false
+
+[workers.w]
+command = {worker}
+mode = "global-leader"
+stop_timeout = "1s"
+max_restarts = 1
+backoff = {{ initial = "50ms", max = "50ms" }}
+"""
+
+    steady = supervisor_run(config("node-b", worker_command("stubborn.py")), name="b.toml")
+    first = steady.expect(r"w: leader of leader/w with fencing token (\d+)", after_start=True)
+    steady.signal(signal.SIGTERM)  # let the failing node take it first
+    assert steady.wait() == 0
+    failing = supervisor_run(config("node-a", worker_command("crasher.py", "3")), name="a.toml")
+    failing.expect(r"w: leader of leader/w", after_start=True)
+    failing.expect(r"w: gave up after 1 restarts", after_start=True)
+    failing.expect(r"no longer leader of leader/w .*the worker kept failing", after_start=True)
+    standby = supervisor_run(config("node-c", worker_command("stubborn.py")), name="c.toml")
+    took = standby.expect(r"w: leader of leader/w with fencing token (\d+)", after_start=True)
+    assert int(took.group(1)) > int(first.group(1)) + 1
+    history = json.loads(cli("history", "w", "--json", config=tmp_path / "c.toml").stdout)
+    reasons = [(h["node_id"], h["outcome"], h["reason"]) for h in history]
+    assert ("node-a", "released", "the worker kept failing (max_restarts)") in reasons
