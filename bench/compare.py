@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import shlex
 import signal
 import statistics
@@ -48,13 +47,13 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from procs import Tracked, pid_alive, read_fields, results_path, wait_until
+
 SUPERVISORD_VERSION = "4.3.0"
-MARKER = "FLEET_BENCH_RUN"  # environment variable that tags every process this run starts
-BENCH_DIR = Path(__file__).resolve().parent
 COUNT = 10  # children per job
 STOP_TIMEOUT = 2.0
 
@@ -175,48 +174,8 @@ def _version(program: Path) -> str:
 # --- processes: start, find, kill ----------------------------------------------------------
 
 
-@dataclass
-class Session:
-    """One run's scratch directory and marker; knows how to kill whatever the run started."""
-
-    workdir: Path
-    marker: str
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR")}
-        env[MARKER] = self.marker
-        return env
-
-    def sweep(self) -> int:
-        """SIGKILL every process group this run started, then every marked process left."""
-        for proc in self.started:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        killed = 0
-        for pid in marked_pids(self.marker):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        return killed
-
-
-def marked_pids(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
+class Session(Tracked):
+    """One run's scratch directory and marker (bench/procs.py kills whatever it started)."""
 
 
 def children(pid: int) -> list[int]:
@@ -241,13 +200,8 @@ def running(session: Session, contender: Contender, job: Job) -> Iterator[subpro
     """The contender running `job`, in a session of its own; stopped and swept on the way out."""
     scratch = Path(tempfile.mkdtemp(prefix=f"{contender.name}-", dir=session.workdir))
     config = contender.write_config(scratch, job)
-    with (scratch / "output.log").open("wb") as output:
-        proc = subprocess.Popen(
-            [str(contender.program), *contender.run_args(config)],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            env=session.env(), cwd=scratch, start_new_session=True,
-        )
-    session.started.append(proc)
+    proc = session.spawn([str(contender.program), *contender.run_args(config)],
+                         scratch / "output.log", scratch)
     try:
         yield proc
     finally:
@@ -265,27 +219,24 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def wait_for(
     what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes]
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
+    def ready() -> bool:
+        if check():
+            return True
         if proc.poll() is not None:
             raise RuntimeError(f"the supervisor exited ({proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+        return False
+
+    try:
+        wait_until(what, ready, timeout)
+    except TimeoutError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 # --- children's records --------------------------------------------------------------------
 
 
 def read_records(path: Path) -> list[tuple[str, float, int]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            records.append((parts[0], float(parts[1]), int(parts[2])))
-    return records
+    return [(what, float(t), int(pid)) for what, t, pid in read_fields(path, 3)]
 
 
 def starts(logs: Path) -> list[float]:
@@ -362,7 +313,7 @@ def measure_launch_and_stop(session: Session, contender: Contender, run: int) ->
         except subprocess.TimeoutExpired:
             code = None
         stopped = time.monotonic() - sent
-        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]
+        alive = [pid for pid in pids if pid_alive(pid)]
     return {
         "first_child_s": times[0] - launched,
         "all_children_s": times[COUNT - 1] - launched,
@@ -370,14 +321,6 @@ def measure_launch_and_stop(session: Session, contender: Contender, run: int) ->
         "exit_code": code,
         "children_left": len(alive),
     }
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass(frozen=True)
@@ -584,9 +527,7 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 
 def write_json(results: dict[str, Any], args: argparse.Namespace) -> Path:
-    directory = BENCH_DIR / "results"
-    directory.mkdir(exist_ok=True)
-    path = directory / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = results_path("compare").with_suffix(".json")
     payload = {
         "supervisord_version": SUPERVISORD_VERSION,
         "python": sys.version.split()[0],

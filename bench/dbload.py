@@ -44,19 +44,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pgfleet import (
-    SUPERVISOR_BIN,
-    Fleet,
-    database_url,
-    free_port,
-    pg_admin,
-    query,
-    raise_on_sigterm,
-    results_path,
-    scratch_database,
-    toml_value,
-    wait_until,
-)
+from pgfleet import Fleet, config_head, free_port, pg_admin, preflight, query, scratch_database
+from procs import results_path, wait_until
 
 NODES = ("a", "b", "c")
 METRIC = re.compile(r'^supervisor_db_seconds_count\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
@@ -68,11 +57,7 @@ FIXED = {"lease_ensure": 1, "lease_release": 1, "node_leave": 1, "maintain": 2, 
 
 def node_config(dbname: str, node_id: str, port: int, workers: int) -> str:
     lines = [
-        f"database_url = {toml_value(database_url(dbname))}",
-        f"node_id = {toml_value(node_id)}",
-        'group = "bench"',
-        "",
-        "[metrics]",
+        *config_head(dbname, node_id),
         'host = "127.0.0.1"',
         f"port = {port}",
     ]
@@ -288,10 +273,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not SUPERVISOR_BIN.exists():
-        print(f"error: {SUPERVISOR_BIN} not found (make the .venv first)", file=sys.stderr)
+    if not preflight():
         return 1
-    raise_on_sigterm()
     use_pgss, why = pg_stat_statements_loaded()
     if use_pgss:
         source_note = "pg_stat_statements, sum of calls for the bench's database, / 3 nodes."

@@ -8,8 +8,10 @@ orphan or a round without a new leader. Run it with the project's interpreter:
 Set-up: a database of its own on 127.0.0.1:5432 (dropped at the end), 3 nodes
 (`supervisor run -c FILE`, node ids a, b, c, metrics disabled, the DEFAULT [coordination]
 timings: lease_ttl 10 s, renew_interval 1 s, renew_deadline 5 s), each declaring one
-`global-leader` worker running bench/leader_probe.py. The probe takes a kernel flock on a
-shared file and logs `acquired` / `released` / `OVERLAP` with its own time.time().
+`global-leader` worker running the tests' exclusivity probe, tests/workers/probe.py (with
+PROBE_WAIT=0). The probe takes a kernel flock on a shared file and logs `started` /
+`acquired` / `released` / `OVERLAP` lines, `<kind> <node> <pid> <token> <time>`, with its
+own time.time(); when the lock is held it logs OVERLAP at once and retries every 20 ms.
 
 Rounds: first --rounds of kill -9 to the leader's supervisor process (that process only:
 its child must die by itself), then --rounds of SIGTERM to it. After each round the
@@ -43,25 +45,22 @@ from pathlib import Path
 from typing import Any
 
 from pgfleet import (
-    BENCH_DIR,
-    SUPERVISOR_BIN,
     Fleet,
     Node,
-    database_url,
+    config_head,
     percentile,
-    pid_alive,
+    preflight,
     query,
-    raise_on_sigterm,
-    results_path,
     scratch_database,
     toml_value,
-    wait_until,
 )
+from procs import ROOT, pid_alive, read_fields, results_path, wait_until
 
 NODES = ("a", "b", "c")
 FAILOVER_TARGET = 12.0  # SPEC.md "How fast": lease_ttl plus one retry, at most 12 s
 HANDOVER_TARGET = 1.0  # "well under a second"
 ORPHAN_WAIT = 5.0
+PROBE = ROOT / "tests" / "workers" / "probe.py"
 
 
 @dataclass(frozen=True)
@@ -74,14 +73,8 @@ class Event:
 
 
 def read_events(path: Path) -> list[Event]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 5:
-            events.append(Event(parts[0], parts[1], int(parts[2]), parts[3], float(parts[4])))
-    return events
+    return [Event(kind, node, int(pid), token, float(at))
+            for kind, node, pid, token, at in read_fields(path, 5)]
 
 
 @dataclass
@@ -271,20 +264,16 @@ class Bench:
 
 
 def node_config(dbname: str, node_id: str, probe_log: Path, probe_lock: Path) -> str:
-    probe = [sys.executable, "-I", "-S", str(BENCH_DIR / "leader_probe.py")]
+    probe = [sys.executable, "-I", "-S", str(PROBE)]
     return "\n".join([
-        f"database_url = {toml_value(database_url(dbname))}",
-        f"node_id = {toml_value(node_id)}",
-        'group = "bench"',
-        "",
-        "[metrics]",
+        *config_head(dbname, node_id),
         "enabled = false",
         "",
         "[workers.probe]",
         f"command = {toml_value(probe)}",
         'mode = "global-leader"',
         f"env = {{ PROBE_LOG = {toml_value(str(probe_log))}, "
-        f"PROBE_LOCK = {toml_value(str(probe_lock))} }}",
+        f"PROBE_LOCK = {toml_value(str(probe_lock))}, PROBE_WAIT = \"0\" }}",
         "",
     ])
 
@@ -421,10 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not SUPERVISOR_BIN.exists():
-        print(f"error: {SUPERVISOR_BIN} not found (make the .venv first)", file=sys.stderr)
+    if not preflight():
         return 1
-    raise_on_sigterm()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleet-failover-") as tmp:
         workdir = Path(tmp)

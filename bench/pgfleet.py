@@ -1,9 +1,6 @@
 """Shared by bench/failover.py and bench/dbload.py: a throwaway PostgreSQL database and a
-fleet of `supervisor run` nodes on it, every process of which is killed on the way out.
-
-Each node is started in a session of its own with a marker in its environment; the
-supervisor passes its environment on to its children and helpers, so `Fleet.sweep()` can
-find and SIGKILL everything this run started, whatever state it was left in.
+fleet of `supervisor run` nodes on it, every process of which is killed on the way out
+(see bench/procs.py: each node runs in a session of its own, with the run's marker).
 """
 
 from __future__ import annotations
@@ -16,17 +13,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from procs import ROOT, Tracked
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
 SUPERVISOR_BIN = ROOT / ".venv" / "bin" / "supervisor"
-MARKER = "FLEET_BENCH_RUN"
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
@@ -67,6 +62,17 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings are the same in TOML
 
 
+def config_head(dbname: str, node_id: str) -> list[str]:
+    """The first lines of a node's config, up to and including its `[metrics]` header."""
+    return [
+        f"database_url = {toml_value(database_url(dbname))}",
+        f"node_id = {toml_value(node_id)}",
+        'group = "bench"',
+        "",
+        "[metrics]",
+    ]
+
+
 @dataclass
 class Node:
     """One `supervisor run` process (a node); restarted as a new process under the same id."""
@@ -87,16 +93,8 @@ class Node:
 
 
 @dataclass
-class Fleet:
-    workdir: Path
-    marker: str
+class Fleet(Tracked):
     nodes: dict[str, Node] = field(default_factory=dict)
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR")}
-        env[MARKER] = self.marker
-        return env
 
     def add(self, node_id: str, config_text: str) -> Node:
         config = self.workdir / f"{node_id}.toml"
@@ -108,13 +106,8 @@ class Fleet:
     def start(self, node: Node) -> None:
         node.starts += 1
         log = node.log_dir / f"node-{node.node_id}-{node.starts}.log"
-        with log.open("wb") as out:
-            node.proc = subprocess.Popen(
-                [str(SUPERVISOR_BIN), "run", "-c", str(node.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env(), cwd=self.workdir, start_new_session=True,
-            )
-        self.started.append(node.proc)
+        node.proc = self.spawn([str(SUPERVISOR_BIN), "run", "-c", str(node.config)], log,
+                               self.workdir)
 
     def stop(self, node: Node, timeout: float = 20.0, *, signalled: bool = False) -> int | None:
         """SIGTERM (once: a second one means "kill now") and wait; the exit code, or None
@@ -138,64 +131,19 @@ class Fleet:
                 node.proc.send_signal(signal.SIGTERM)
         return {node_id: self.stop(node, signalled=True) for node_id, node in self.nodes.items()}
 
-    def sweep(self) -> int:
-        """SIGKILL every process group this run started, then every marked process left."""
-        for proc in self.started:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        killed = 0
-        for pid in marked_pids(self.marker):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        return killed
 
-
-def marked_pids(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and not zombie(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+def preflight() -> bool:
+    """False, having said why, when there is no supervisor to run. Otherwise True, and from
+    now on SIGTERM to the bench unwinds like Ctrl-C, so every finally: block runs."""
+    if not SUPERVISOR_BIN.exists():
+        print(f"error: {SUPERVISOR_BIN} not found (make the .venv first)", file=sys.stderr)
         return False
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and not zombie(pid)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, poll: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
-
-
-def raise_on_sigterm() -> None:
-    """SIGTERM to the bench unwinds like Ctrl-C, so every finally: block runs."""
 
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    return True
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -205,13 +153,3 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
-
-
-def results_path(stem: str) -> Path:
-    directory = BENCH_DIR / "results"
-    directory.mkdir(exist_ok=True)
-    return directory / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def python() -> str:
-    return sys.executable

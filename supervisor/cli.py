@@ -11,11 +11,12 @@ with a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -105,13 +106,8 @@ def status(config_path: Path, as_json: bool) -> None:
     """The fleet as the database sees it: live nodes, leaders, terms, time left."""
     from supervisor.fleetview import status_data, status_text
 
-    store = _open_store(config_path)
-    try:
+    with _store(config_path) as store:
         data = status_data(store.masked_url, store.db_now(), store.members(), store.leases())
-    except StoreError as exc:
-        _unreachable(exc)
-    finally:
-        store.close()
     click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
 
 
@@ -124,14 +120,9 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
     """Leadership terms, newest first (of one WORKER, or all)."""
     from supervisor.fleetview import history_data, history_text
 
-    store = _open_store(config_path)
-    try:
+    with _store(config_path) as store:
         lease = f"leader/{worker}" if worker else None
         rows = history_data(store.terms(lease=lease, limit=limit))
-    except StoreError as exc:
-        _unreachable(exc)
-    finally:
-        store.close()
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 
 
@@ -144,22 +135,23 @@ def db() -> None:
 @config_option
 def upgrade(config_path: Path) -> None:
     """Create or migrate the schema (run does it too; safe when many nodes start at once)."""
-    store = _open_store(config_path)
-    try:
+    with _store(config_path) as store:
         store.upgrade()
-    except StoreError as exc:
-        _unreachable(exc)
-    finally:
-        store.close()
     click.echo(f"schema of {store.masked_url} is up to date")
 
 
-def _open_store(config_path: Path) -> SqlStore:
+@contextlib.contextmanager
+def _store(config_path: Path) -> Iterator[SqlStore]:
+    """The file's database for one command; unreachable -> a message and exit 1."""
     from supervisor.store.sql import SqlStore
 
     settings = _load(config_path)
     try:
-        return SqlStore(settings.database_url, timeout=settings.coordination.renew_deadline)
+        store = SqlStore(settings.database_url, timeout=settings.coordination.renew_deadline)
+        try:
+            yield store
+        finally:
+            store.close()
     except StoreError as exc:
         _unreachable(exc)
 

@@ -159,16 +159,18 @@ def test_a_revoked_grant_stops_the_child_within_the_grant_grace_not_stop_timeout
             base_dir=Path.cwd(), environ=dict(os.environ), clock=SystemClock(),
         )
         task = asyncio.create_task(worker.run())
-        started = await events.first(lambda e: isinstance(e, WorkerStarted))
-        await events.first(lambda e: "ready" in getattr(e, "line", ""))
-        pid = started.pid  # type: ignore[attr-defined]
-        mode.granted.clear()
-        mode.grants[0].revoked.set()  # lost the right: the child must die in 0.3 s, not 300 s
-        async with asyncio.timeout(10):
-            await mode.granted.wait()  # it asked for a new grant only after the child ended
-        assert not pid_alive(pid)
-        assert mode.released == ["stopped"]
-        worker.request_stop()
+        try:
+            started = await events.first(lambda e: isinstance(e, WorkerStarted))
+            await events.first(lambda e: "ready" in getattr(e, "line", ""))
+            pid = started.pid  # type: ignore[attr-defined]
+            mode.granted.clear()
+            mode.grants[0].revoked.set()  # lost the right: dead in 0.3 s, not 300 s
+            async with asyncio.timeout(10):
+                await mode.granted.wait()  # asked for a new grant only after the child ended
+            assert not pid_alive(pid)
+            assert mode.released == ["lost the lease"]
+        finally:
+            worker.kill_now()  # never leave a 300 s stop_timeout behind a failed assertion
         async with asyncio.timeout(10):
             assert await task is WorkerState.STOPPED
 
