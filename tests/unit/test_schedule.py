@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -9,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.model import format_duration
-from supervisor.schedule import CronSchedule, EverySchedule, parse_schedule, parse_timezone
+from supervisor.schedule import (
+    CronSchedule,
+    EverySchedule,
+    next_tick,
+    parse_schedule,
+    parse_timezone,
+    previous_tick,
+    ticks_between,
+)
 
 
 @pytest.mark.parametrize(
@@ -101,3 +111,186 @@ def test_parse_timezone_refuses_unknown(name: str) -> None:
     with pytest.raises(ValueError, match="unknown time zone") as info:
         parse_timezone(name)
     assert f'"{name}"' in str(info.value)
+
+
+# --- ticks: pinned instants, no clock -----------------------------------------------------
+
+UTC_TZ = ZoneInfo("UTC")
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp()
+
+
+def iso(ticks: list[float]) -> list[str]:
+    return [datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S") for t in ticks]
+
+
+def between(expr: str, start: float, end: float, tz: ZoneInfo = UTC_TZ, limit: int = 100
+            ) -> list[str]:
+    return iso(ticks_between(parse_schedule(expr), tz, start, end, limit))
+
+
+# 2024-01-01 is a Monday.
+@pytest.mark.parametrize(
+    ("expr", "start", "end", "expected"),
+    [
+        ("0 9-11 * * *", utc(2024, 1, 1), utc(2024, 1, 1, 23),
+         ["2024-01-01 09:00:00", "2024-01-01 10:00:00", "2024-01-01 11:00:00"]),
+        ("*/20 * * * *", utc(2024, 1, 1, 5), utc(2024, 1, 1, 6),
+         ["2024-01-01 05:20:00", "2024-01-01 05:40:00", "2024-01-01 06:00:00"]),
+        ("10-40/15 8 * * *", utc(2024, 1, 1), utc(2024, 1, 2),
+         ["2024-01-01 08:10:00", "2024-01-01 08:25:00", "2024-01-01 08:40:00"]),
+        ("5,50 7 * * *", utc(2024, 1, 1), utc(2024, 1, 2),
+         ["2024-01-01 07:05:00", "2024-01-01 07:50:00"]),
+        ("0 12 * * MON", utc(2024, 1, 1, 12), utc(2024, 1, 20),
+         ["2024-01-08 12:00:00", "2024-01-15 12:00:00"]),
+        ("0 6 * * SAT,SUN", utc(2024, 1, 1), utc(2024, 1, 9),
+         ["2024-01-06 06:00:00", "2024-01-07 06:00:00"]),
+        ("0 6 * * MON-FRI", utc(2024, 1, 5), utc(2024, 1, 9),
+         ["2024-01-05 06:00:00", "2024-01-08 06:00:00"]),
+        ("0 0 1 JAN,JUL *", utc(2024, 1, 1), utc(2025, 6, 1),
+         ["2024-07-01 00:00:00", "2025-01-01 00:00:00"]),
+        ("0 0 15 FEB-APR *", utc(2024, 1, 1), utc(2024, 12, 1),
+         ["2024-02-15 00:00:00", "2024-03-15 00:00:00", "2024-04-15 00:00:00"]),
+        ("0 0 L * *", utc(2024, 1, 15), utc(2024, 3, 15),
+         ["2024-01-31 00:00:00", "2024-02-29 00:00:00"]),
+        ("0 0 * * 0", utc(2024, 1, 1), utc(2024, 1, 15),  # 0 is Sunday
+         ["2024-01-07 00:00:00", "2024-01-14 00:00:00"]),
+        ("0 0 * * 7", utc(2024, 1, 1), utc(2024, 1, 8),  # and so is 7
+         ["2024-01-07 00:00:00"]),
+        ("@hourly", utc(2024, 1, 1, 0, 30), utc(2024, 1, 1, 3),
+         ["2024-01-01 01:00:00", "2024-01-01 02:00:00", "2024-01-01 03:00:00"]),
+        ("@daily", utc(2024, 1, 1), utc(2024, 1, 3),
+         ["2024-01-02 00:00:00", "2024-01-03 00:00:00"]),
+        ("@midnight", utc(2024, 1, 1, 12), utc(2024, 1, 3),
+         ["2024-01-02 00:00:00", "2024-01-03 00:00:00"]),
+        ("@weekly", utc(2024, 1, 1), utc(2024, 1, 15),  # Sundays
+         ["2024-01-07 00:00:00", "2024-01-14 00:00:00"]),
+        ("@monthly", utc(2024, 1, 1), utc(2024, 3, 1),
+         ["2024-02-01 00:00:00", "2024-03-01 00:00:00"]),
+        ("@yearly", utc(2024, 1, 1), utc(2026, 1, 1),
+         ["2025-01-01 00:00:00", "2026-01-01 00:00:00"]),
+        # six fields: the FIRST one is seconds
+        ("*/15 * * * * *", utc(2024, 1, 1), utc(2024, 1, 1, 0, 1),
+         ["2024-01-01 00:00:15", "2024-01-01 00:00:30", "2024-01-01 00:00:45",
+          "2024-01-01 00:01:00"]),
+        ("30 0 12 * * *", utc(2024, 1, 1), utc(2024, 1, 3),
+         ["2024-01-01 12:00:30", "2024-01-02 12:00:30"]),
+        ("0 5 * * * MON", utc(2024, 1, 1, 22), utc(2024, 1, 8, 2),
+         ["2024-01-01 22:05:00", "2024-01-01 23:05:00", "2024-01-08 00:05:00",
+          "2024-01-08 01:05:00"]),
+    ],
+)
+def test_field_forms(expr: str, start: float, end: float, expected: list[str]) -> None:
+    assert between(expr, start, end) == expected
+
+
+def test_local_wall_time_not_utc() -> None:
+    # 02:00 in Berlin is 01:00 UTC in winter, 00:00 UTC in summer
+    assert between("0 2 * * *", utc(2024, 1, 1), utc(2024, 1, 2), BERLIN) == [
+        "2024-01-01 01:00:00"]
+    assert between("0 2 * * *", utc(2024, 6, 30, 12), utc(2024, 7, 1, 12), BERLIN) == [
+        "2024-07-01 00:00:00"]
+
+
+def test_next_tick_is_strictly_after() -> None:
+    schedule = parse_schedule("0 * * * *")
+    assert next_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5)) == utc(2024, 1, 1, 6)
+    assert next_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5) - 0.001) == utc(2024, 1, 1, 5)
+    assert next_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5) + 0.5) == utc(2024, 1, 1, 6)
+
+
+def test_previous_tick_is_at_or_before() -> None:
+    schedule = parse_schedule("0 * * * *")
+    assert previous_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5)) == utc(2024, 1, 1, 5)
+    assert previous_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5) - 0.001) == utc(2024, 1, 1, 4)
+    assert previous_tick(schedule, UTC_TZ, utc(2024, 1, 1, 5, 59, 59)) == utc(2024, 1, 1, 5)
+
+
+@pytest.mark.parametrize(
+    ("tz", "start", "expected"),
+    [(UTC_TZ, utc(2025, 1, 1), utc(2028, 2, 29)),
+     (BERLIN, utc(2025, 1, 1), utc(2028, 2, 28, 23)),  # midnight CET
+     (UTC_TZ, utc(2096, 3, 1), utc(2104, 2, 29))],  # 2100 is not a leap year
+)
+def test_leap_day(tz: ZoneInfo, start: float, expected: float) -> None:
+    schedule = parse_schedule("0 0 29 2 *")
+    assert next_tick(schedule, tz, start) == expected
+    assert previous_tick(schedule, tz, expected + 1) == expected
+
+
+def test_leap_day_previous() -> None:
+    schedule = parse_schedule("0 0 29 2 *")
+    assert previous_tick(schedule, UTC_TZ, utc(2027, 6, 1)) == utc(2024, 2, 29)
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [("@every 30s", 1000.5, 1020.0), ("@every 30s", 1020.0, 1050.0),
+     ("@every 30s", 1019.999, 1020.0), ("@every 7s", 1000.5, 1001.0),
+     ("@every 7s", 1001.0, 1008.0), ("@every 500ms", 1000.2, 1000.5),
+     ("@every 1h", utc(2024, 3, 31, 0, 30), utc(2024, 3, 31, 1)),
+     ("@every 90m", 0.0, 5400.0), ("@every 30s", -45.0, -30.0)],
+)
+def test_every_is_aligned_to_the_epoch(expr: str, after: float, expected: float) -> None:
+    schedule = parse_schedule(expr)
+    for tz in (UTC_TZ, BERLIN, NEW_YORK, ZoneInfo("Asia/Kolkata")):
+        assert next_tick(schedule, tz, after) == expected
+
+
+def test_every_previous_tick() -> None:
+    schedule = parse_schedule("@every 7s")
+    assert previous_tick(schedule, BERLIN, 1000.5) == 994.0
+    assert previous_tick(schedule, BERLIN, 1001.0) == 1001.0
+
+
+def test_every_ticks_between() -> None:
+    schedule = parse_schedule("@every 10s")
+    assert ticks_between(schedule, NEW_YORK, 0.0, 60.0, 100) == [10.0, 20.0, 30.0, 40.0,
+                                                                  50.0, 60.0]
+    assert ticks_between(schedule, NEW_YORK, 0.0, 60.0, 2) == [10.0, 20.0]
+
+
+def test_every_minute_over_an_hour_is_60_ticks() -> None:
+    ticks = ticks_between(parse_schedule("* * * * *"), UTC_TZ, utc(2024, 5, 1, 10),
+                          utc(2024, 5, 1, 11), 1000)
+    assert len(ticks) == 60
+    assert ticks[0] == utc(2024, 5, 1, 10, 1)  # start excluded
+    assert ticks[-1] == utc(2024, 5, 1, 11)  # end included
+
+
+def test_ticks_between_limit_keeps_the_oldest() -> None:
+    ticks = ticks_between(parse_schedule("* * * * *"), UTC_TZ, utc(2024, 5, 1, 10),
+                          utc(2024, 5, 1, 11), 3)
+    assert iso(ticks) == ["2024-05-01 10:01:00", "2024-05-01 10:02:00", "2024-05-01 10:03:00"]
+
+
+@pytest.mark.parametrize(("start", "end", "limit"), [(10.0, 10.0, 5), (10.0, 5.0, 5),
+                                                     (0.0, 1000.0, 0), (0.0, 1000.0, -1)])
+def test_ticks_between_empty(start: float, end: float, limit: int) -> None:
+    for expr in ("* * * * * *", "@every 1s"):
+        assert ticks_between(parse_schedule(expr), UTC_TZ, start, end, limit) == []
+
+
+@pytest.mark.parametrize("expr", ["@every 100ms", "@every 1100ms", "@every 3ms", "@every 7s"])
+def test_every_survives_float_rounding(expr: str) -> None:
+    # 43 * 0.1 / 0.1 rounds to 43.00000000000001 and 78 * 0.1 / 0.1 to 77.99999999999999:
+    # the division alone would give a tick that is not after `after`, or skip one.
+    schedule = parse_schedule(expr)
+    assert isinstance(schedule, EverySchedule)
+    period = schedule.period
+    for k in range(1, 400):
+        for after in (k * period, math.nextafter(k * period, -math.inf),
+                      math.nextafter(k * period, math.inf)):
+            tick = next_tick(schedule, UTC_TZ, after)
+            j = round(tick / period)
+            assert tick == j * period
+            assert tick > after >= (j - 1) * period
+            before = previous_tick(schedule, UTC_TZ, after)
+            assert before is not None
+            i = round(before / period)
+            assert before == i * period
+            assert before <= after < (i + 1) * period
