@@ -18,7 +18,7 @@ measures over --window seconds:
   the server); otherwise derived: every node's own count of database calls by operation
   (its `supervisor_db_seconds_count` metric) times the statements each call issues on
   PostgreSQL, read from supervisor/store/sql.py (BEGIN/COMMIT not counted):
-    node_sync  = SELECT clock_timestamp() + INSERT .. ON CONFLICT (heartbeat)
+    node_sync  = INSERT .. ON CONFLICT .. RETURNING (heartbeat; returns the database clock)
                  + UPDATE .. RETURNING (renew, if the node holds a lease)
                  + UPDATE .. RETURNING (acquire, if the node waits for a lease)
                  + UPDATE + INSERT fs_terms per lease it wins (none in steady state)
@@ -129,7 +129,7 @@ def holdings(dbname: str) -> dict[str, int]:
 
 
 def statements_per_node(calls: Counter[str], held: int, workers: int) -> float:
-    sync = 2 + (1 if held > 0 else 0) + (1 if held < workers else 0)
+    sync = 1 + (1 if held > 0 else 0) + (1 if held < workers else 0)
     total = calls.get("node_sync", 0) * sync
     for op, n in calls.items():
         if op != "node_sync":
@@ -282,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         source_note = (
             f"derived, since {why}. Each node's own call counts by operation times the "
             "statements each call issues on PostgreSQL (supervisor/store/sql.py; BEGIN/COMMIT "
-            "not counted): node_sync = SELECT clock_timestamp() + INSERT .. ON CONFLICT "
-            "(heartbeat) + UPDATE .. RETURNING (renew, when the node holds a lease) + UPDATE "
-            ".. RETURNING (acquire, when it waits for one), so 3, or 4 when a node both holds "
-            "and waits; maintain = 2. That mix (stmts/xact) times the server's transactions.")
+            "not counted): node_sync = INSERT .. ON CONFLICT .. RETURNING (heartbeat, which "
+            "also returns the database clock) + UPDATE .. RETURNING (renew, when the node holds "
+            "a lease) + UPDATE .. RETURNING (acquire, when it waits for one), so 2, or 3 when a "
+            "node both holds and waits; maintain = 2. That mix (stmts/xact) times the "
+            "server's transactions.")
     print(f"statements: {why}", flush=True)
     began = time.monotonic()
     results = []

@@ -387,8 +387,7 @@ class SqlStore:
         now: float | None = None,
     ) -> SyncResult:
         def work(conn: Connection) -> SyncResult:
-            db_now = float(conn.execute(select(_now(now))).scalar_one())
-            self._heartbeat(conn, holder, ttl, now)
+            db_now = self._heartbeat(conn, holder, ttl, now)
             kept = self._renew(conn, holder, {lease.name: lease.term for lease in held}, ttl, now)
             acquired = self._acquire(conn, wanted, holder, ttl, now) if wanted else {}
             lost = tuple(lease.name for lease in held if lease.name not in kept)
@@ -396,21 +395,22 @@ class SqlStore:
 
         return self._run(work)
 
-    def _heartbeat(self, conn: Connection, holder: Holder, ttl: float, now: float | None) -> None:
+    def _heartbeat(self, conn: Connection, holder: Holder, ttl: float, now: float | None) -> float:
+        """Upsert this process's membership row; returns the database clock it used
+        (read back with RETURNING where the dialect has it, else one more SELECT)."""
         clock = _now(now)
         values = {"heartbeat_at": clock, "expires_at": clock + ttl}
         row = {"nonce": holder.nonce, "node_id": holder.node_id, "group_name": holder.group,
                "pid": holder.pid, "started_at": clock, **values}
-        if self.backend == "postgresql":
-            pg = pg_insert(members).values(row)
-            conn.execute(pg.on_conflict_do_update(index_elements=["nonce"], set_=values))
-        elif self.backend == "sqlite":
-            lite = sqlite_insert(members).values(row)
-            conn.execute(lite.on_conflict_do_update(index_elements=["nonce"], set_=values))
-        else:
-            my = mysql_insert(members).values(row)
-            conn.execute(my.on_duplicate_key_update(
-                heartbeat_at=my.inserted.heartbeat_at, expires_at=my.inserted.expires_at))
+        if self.backend in ("postgresql", "sqlite"):
+            upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(members)
+            stmt = upsert.values(row).on_conflict_do_update(index_elements=["nonce"], set_=values)
+            return float(conn.execute(stmt.returning(members.c.heartbeat_at)).scalar_one())
+        my = mysql_insert(members).values(row)
+        conn.execute(my.on_duplicate_key_update(
+            heartbeat_at=my.inserted.heartbeat_at, expires_at=my.inserted.expires_at))
+        return float(conn.execute(select(members.c.heartbeat_at)
+                                  .where(members.c.nonce == holder.nonce)).scalar_one())
 
     def node_leave(self, holder: Holder) -> None:
         self._run(lambda conn: conn.execute(delete(members).where(members.c.nonce == holder.nonce)))
