@@ -145,7 +145,7 @@ AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 
 
-def check_modes(settings: NodeSpec) -> None:
+def check_modes(settings: NodeSpec, source: str = "config") -> None:
     """ConfigError naming every worker whose mode this version cannot run."""
     issues = [
         ConfigIssue(f"workers.{name}.mode",
@@ -153,7 +153,7 @@ def check_modes(settings: NodeSpec) -> None:
         for name, config in settings.workers.items() if config.mode not in AVAILABLE_MODES
     ]
     if issues:
-        raise ConfigError("config", issues)
+        raise ConfigError(source, issues)
 
 
 class WorkerState(StrEnum):

@@ -92,9 +92,9 @@ def run(config_path: Path) -> None:
         _fail(conflict)
     try:
         spec = load_spec(config_path)
-        check_modes(spec)
+        check_modes(spec, str(config_path))
     except ConfigError as exc:
-        _fail(_describe(config_path, exc))
+        _fail(str(exc))
     configure_logging(spec.log_format)
     sys.exit(_run(spec, config_path))
 
@@ -222,12 +222,7 @@ def _load(config_path: Path) -> Settings:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        _fail(_describe(config_path, exc))
-
-
-def _describe(config_path: Path, exc: ConfigError) -> str:
-    lines = "\n".join(f"  {issue}" for issue in exc.issues)
-    return f"{config_path}: invalid configuration\n{lines}"
+        _fail(str(exc))
 
 
 def _supervisord_conflict() -> str | None:

@@ -6,17 +6,15 @@ database's, shown in UTC. The database URL is always shown masked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
+from supervisor.model import format_utc
 from supervisor.store import LeaseState, Member, TermRecord
 
 
 def iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    return None if epoch is None else format_utc(epoch)
 
 
 def worker_of(lease: str) -> tuple[str, str | None]:

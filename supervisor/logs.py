@@ -24,20 +24,16 @@ from supervisor.model import (
     WorkerOutput,
     WorkerStarted,
     format_duration,
+    format_utc,
 )
 
 log = logging.getLogger("supervisor")
 
 
-def _timestamp(created: float) -> str:
-    millis = int(created % 1 * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
+            "ts": format_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -49,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record.created)} {record.levelname:<7} {record.getMessage()}"
+        line = f"{format_utc(record.created)} {record.levelname:<7} {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -100,7 +96,7 @@ class EventLog:
     def _line(self, event: WorkerOutput) -> None:
         stream = self._streams.get(event.stream, self._streams["stdout"])
         if self.json:
-            text = json.dumps({"ts": _timestamp(time.time()), "worker": event.worker,
+            text = json.dumps({"ts": format_utc(time.time()), "worker": event.worker,
                                "stream": event.stream, "message": event.line}, ensure_ascii=False)
         else:
             text = f"{event.worker} | {event.line}"

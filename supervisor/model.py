@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -97,6 +98,12 @@ def format_duration(seconds: float) -> str:
     # back as the same float; Decimal spells it without an exponent. Every candidate is checked.
     candidates.append(f"{Decimal(repr(float(seconds))):f}s")
     return next(text for text in candidates if parse_duration(text) == seconds)
+
+
+def format_utc(epoch: float) -> str:
+    """An instant as ISO 8601 in UTC with milliseconds: 2026-01-31T12:00:00.250Z."""
+    millis = int(epoch % 1 * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}Z"
 
 
 def leader_stop_grace(lease_ttl: float, renew_interval: float, renew_deadline: float) -> float:
