@@ -152,3 +152,41 @@ backoff = {{ initial = "50ms", max = "50ms" }}
     history = json.loads(cli("history", "w", "--json", config=tmp_path / "c.toml").stdout)
     reasons = [(h["node_id"], h["outcome"], h["reason"]) for h in history]
     assert ("node-a", "released", "the worker kept failing (max_restarts)") in reasons
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
+def test_an_outage_stops_leaders_but_not_every_node_workers(supervisor_run, database_url):
+    from tests.support.fleet import _host_port, _with_host_port
+    from tests.support.proxy import TcpProxy
+
+    with TcpProxy(*_host_port(database_url)) as proxy:
+        url = _with_host_port(database_url, "127.0.0.1", proxy.port)
+        run = supervisor_run(f"""
+database_url = "{url}"
+{TIMINGS}
+[metrics]
+enabled = false
+
+[workers.local]
+command = {worker_command("stubborn.py")}
+stop_timeout = "1s"
+
+[workers.leader]
+command = {worker_command("stubborn.py")}
+mode = "global-leader"
+stop_timeout = "1s"
+""")
+        local = int(run.expect(r"^local \| ready pid=(\d+)", after_start=True).group(1))
+        run.expect(r"leader: leader of leader/leader with fencing token 1", after_start=True)
+        proxy.blackhole()  # the database stops answering, as a cut cable
+        run.expect(r"leader: no longer leader of leader/leader \(term 1\): could not renew",
+                   timeout=10)
+        run.expect(r"leader: stopped \(killed by SIGKILL\)", after_start=True)
+        proxy.heal()
+        run.expect(r"leader: leader of leader/leader with fencing token 2", timeout=20)
+        assert run.proc.poll() is None  # the supervisor never exits for the database
+        assert f"local | ready pid={local}" in run.text()
+        assert "local: started" in run.text() and run.text().count("local: started") == 1
+        assert "local: stopped" not in run.text()
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0
