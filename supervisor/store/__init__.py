@@ -90,11 +90,53 @@ class TermRecord:
 
 
 @dataclass(frozen=True)
+class CronRun:
+    """A claimed slot of one cron tick, as its holder sees it: a leased row."""
+
+    token: int  # the claim's fencing token: only grows, fleet-wide
+    worker: str
+    tick: float  # the scheduled instant, epoch seconds (UTC); with worker and slot the key
+    slot: int  # 0 <= slot < max_run
+    holder: Holder
+    expires_at: float  # database time; renewed by node_sync while the run goes on
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """What a claim attempt got: `acquired` (with the run), or why not:
+    `early` (the tick is not due by the database's clock), `missed` (past
+    misfire_grace: recorded, never run late), `full` (max_run slots taken, or this
+    node has max_per_node of them), `overlap` (forbidden: a run of an earlier tick
+    is still going fleet-wide; the tick is recorded `skipped`)."""
+
+    result: str
+    run: CronRun | None = None
+
+
+@dataclass(frozen=True)
+class CronRunRecord:
+    """One row of cron history (a run, or a tick nobody ran)."""
+
+    token: int
+    worker: str
+    tick: float
+    slot: int  # -1 for a tick-level record (missed, skipped)
+    holder: Holder | None
+    state: str  # running | succeeded | failed | timed_out | stopped | lost | missed | skipped
+    claimed_at: float
+    ended_at: float | None
+    exit_code: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class SyncResult:
     db_now: float  # the database's clock during the transaction
     kept: dict[str, Lease] = field(default_factory=dict)  # held leases, renewed
     lost: tuple[str, ...] = ()  # held leases that could not be renewed
     acquired: dict[str, Lease] = field(default_factory=dict)  # wanted leases now held
+    runs_kept: dict[int, CronRun] = field(default_factory=dict)  # cron runs renewed, by token
+    runs_lost: tuple[int, ...] = ()  # cron runs that could not be renewed (expired or ended)
 
 
 class CoordinationStore(Protocol):
@@ -129,9 +171,11 @@ class CoordinationStore(Protocol):
         held: Sequence[Lease],
         wanted: Sequence[str],
         ttl: float,
+        runs: Sequence[CronRun] = (),
         now: float | None = None,
     ) -> SyncResult:
-        """Heartbeat, renew `held` and try `wanted`, in one transaction.
+        """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
+        one transaction.
 
         `wanted` rows must exist (`lease_ensure`, once per lease, not per call).
         """
@@ -149,8 +193,41 @@ class CoordinationStore(Protocol):
         """Leadership terms, newest first."""
 
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
-        """Close terms whose holder stopped renewing ("expired": never left running for
-        ever) and delete up to `batch` terms that ended more than `keep` seconds ago."""
+        """Close terms whose holder stopped renewing ("expired") and cron runs whose
+        holder stopped renewing ("lost"): nothing is left running for ever. Delete up to
+        `batch` terms and runs that ended more than `keep` seconds ago."""
+
+    def cron_claim(
+        self,
+        worker: str,
+        tick: float,
+        *,
+        holder: Holder,
+        max_run: int,
+        max_per_node: int = 1,
+        ttl: float,
+        grace: float,
+        forbid_overlap: bool = False,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        """Claim a free slot of the tick, in database time: due (`tick <= now`) and within
+        grace (`now < tick + grace`). At most max_run runs per tick fleet-wide, each a row
+        unique on (worker, tick, slot); at most max_per_node of them for this node."""
+
+    def cron_finish(
+        self,
+        run: CronRun,
+        state: str,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Record how a run ended (succeeded, failed, timed_out, stopped); False if the run
+        is no longer this holder's running run (it was marked lost meanwhile)."""
+
+    def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
+        """Cron history, newest tick first."""
 
     def close(self) -> None:
         """Release connections."""

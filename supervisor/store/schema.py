@@ -64,3 +64,23 @@ terms = Table(
     Column("outcome", String(16)),
     Column("reason", String(255)),
 )
+
+cron_runs = Table(
+    "fs_cron_runs",
+    metadata,
+    Column("token", ID, primary_key=True, autoincrement=True),
+    Column("worker", String(100), nullable=False),
+    Column("tick", Double, nullable=False),
+    Column("slot", Integer, nullable=False),  # -1: a tick-level record (missed, skipped)
+    Column("holder_node", String(200)),
+    Column("holder_group", String(200)),
+    Column("holder_pid", Integer),
+    Column("holder_nonce", String(64)),
+    Column("state", String(16), nullable=False),
+    Column("claim", String(32)),  # set by each write that can lose, to read the outcome back
+    Column("claimed_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("ended_at", Double),
+    Column("exit_code", Integer),
+    Column("reason", String(255)),
+)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Double,
     Engine,
     and_,
     create_engine,
@@ -42,7 +40,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
@@ -54,12 +51,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.model import mask_url
 from supervisor.store import (
+    CronRun,
     Holder,
     Lease,
     LeaseState,
@@ -67,7 +63,9 @@ from supervisor.store import (
     SyncResult,
     TermRecord,
 )
+from supervisor.store.dbclock import _claim, _DbNow, _now
 from supervisor.store.schema import leases, members, terms
+from supervisor.store.sql_cron import CronSql
 
 MIGRATE_LOCK = 0x46535550  # "FSUP": the advisory lock id around schema upgrades
 _DEADLOCK_TRIES = 3
@@ -78,39 +76,7 @@ class _Deadlock(StoreError):
     """The database chose this transaction as a deadlock victim; it is safe to retry."""
 
 
-class _DbNow(FunctionElement[float]):
-    """The database's clock as epoch seconds (DOUBLE)."""
-
-    type = Double()
-    inherit_cache = True
-
-
-@compiles(_DbNow, "postgresql")
-def _pg_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
-    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
-
-
-@compiles(_DbNow, "mysql")
-@compiles(_DbNow, "mariadb")
-def _mysql_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
-    return "(UNIX_TIMESTAMP(UTC_TIMESTAMP(6)) + 0e0)"
-
-
-@compiles(_DbNow, "sqlite")
-def _sqlite_now(element: _DbNow, compiler: Any, **kw: Any) -> str:
-    return "((julianday('now') - 2440587.5) * 86400.0)"
-
-
-def _now(now: float | None) -> ColumnElement[float]:
-    """Pinned time for tests, else the database's clock in the statement itself."""
-    return literal(now, Double()) if now is not None else _DbNow()
-
-
-def _claim() -> str:
-    return secrets.token_hex(16)
-
-
-class SqlStore:
+class SqlStore(CronSql):
     """`CoordinationStore` over one SQLAlchemy engine of its own."""
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
@@ -384,6 +350,7 @@ class SqlStore:
         held: Sequence[Lease],
         wanted: Sequence[str],
         ttl: float,
+        runs: Sequence[CronRun] = (),
         now: float | None = None,
     ) -> SyncResult:
         def work(conn: Connection) -> SyncResult:
@@ -391,7 +358,10 @@ class SqlStore:
             kept = self._renew(conn, holder, {lease.name: lease.term for lease in held}, ttl, now)
             acquired = self._acquire(conn, wanted, holder, ttl, now) if wanted else {}
             lost = tuple(lease.name for lease in held if lease.name not in kept)
-            return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired)
+            runs_kept = self._renew_runs(conn, holder, runs, ttl, now)
+            runs_lost = tuple(run.token for run in runs if run.token not in runs_kept)
+            return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired,
+                              runs_kept=runs_kept, runs_lost=runs_lost)
 
         return self._run(work)
 
@@ -468,8 +438,9 @@ class SqlStore:
             ) for r in rows]
 
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
-        """Close terms whose holder stopped renewing (outcome "expired"), and delete
-        terms that ended more than `keep` seconds ago, at most `batch` of them."""
+        """Close terms whose holder stopped renewing (outcome "expired") and cron runs
+        whose node stopped renewing ("lost"); delete terms and runs that ended more than
+        `keep` seconds ago, at most `batch` of each. Returns how many were deleted."""
         clock = _now(now)
         current = leases.alias("current")
         same_term = and_(current.c.name == terms.c.lease, current.c.term == terms.c.term)
@@ -491,7 +462,8 @@ class SqlStore:
             ).scalars().all()
             if old:
                 conn.execute(delete(terms).where(terms.c.id.in_(old)))
-            return len(old)
+            self._close_lost_runs(conn, now)
+            return len(old) + self._prune_runs(conn, keep, now, batch)
 
 
 def _sqlite_immediate(engine: Engine, busy_ms: int) -> None:

@@ -1,0 +1,224 @@
+"""Cron claims on SQL: a leased row per claimed slot of a tick (mixed into SqlStore).
+
+Invariants, each enforced by the database in the claim's own transaction:
+- at most `max_run` runs per (worker, tick): a row per slot, unique on
+  (worker, tick, slot), inserted only if absent and read back;
+- a claim is made only while the tick is due and inside misfire_grace by the
+  database's clock; a tick nobody claimed in time is recorded `missed` (slot -1),
+  once, and never run late;
+- a run is a lease: renewed in the node's sync, marked `lost` by `maintain` once
+  it expires, never left `running` for ever; its token (the row id) only grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from supervisor.store import ClaimOutcome, CronRun, CronRunRecord, Holder
+from supervisor.store.dbclock import _claim, _now
+from supervisor.store.schema import cron_runs
+
+T = TypeVar("T")
+RUNNING = "running"
+FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
+
+
+class CronSql:
+    """The cron part of SqlStore; relies on its `_run`, `_returning` and `backend`."""
+
+    backend: str
+    _returning: bool
+
+    def _run(self, work: Callable[[Connection], T]) -> T:  # provided by SqlStore
+        raise NotImplementedError
+
+    def cron_claim(
+        self,
+        worker: str,
+        tick: float,
+        *,
+        holder: Holder,
+        max_run: int,
+        max_per_node: int = 1,
+        ttl: float,
+        grace: float,
+        forbid_overlap: bool = False,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        def work(conn: Connection) -> ClaimOutcome:
+            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            if db_now < tick:
+                return ClaimOutcome("early")
+            if db_now >= tick + grace:
+                self._record_tick(conn, worker, tick, "missed",
+                                  "nobody could run it within misfire_grace", now)
+                return ClaimOutcome("missed")
+            if forbid_overlap and self._earlier_running(conn, worker, tick, now):
+                self._record_tick(conn, worker, tick, "skipped",
+                                  "overlap forbidden: a run of an earlier tick is still going",
+                                  now)
+                return ClaimOutcome("overlap")
+            return self._take_slot(conn, worker, tick, holder, max_run, max_per_node, ttl, now)
+
+        return self._run(work)
+
+    def _take_slot(
+        self, conn: Connection, worker: str, tick: float, holder: Holder, max_run: int,
+        max_per_node: int, ttl: float, now: float | None,
+    ) -> ClaimOutcome:
+        rows = conn.execute(
+            select(cron_runs.c.slot, cron_runs.c.holder_node)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick, cron_runs.c.slot >= 0)
+        ).all()
+        if sum(1 for r in rows if r.holder_node == holder.node_id) >= max_per_node:
+            return ClaimOutcome("full")
+        taken = {r.slot for r in rows}
+        for slot in range(max_run):
+            if slot in taken:
+                continue
+            run = self._insert_run(conn, worker, tick, slot, holder, ttl, now)
+            if run is not None:
+                return ClaimOutcome("acquired", run)
+        return ClaimOutcome("full")
+
+    def _insert_run(
+        self, conn: Connection, worker: str, tick: float, slot: int, holder: Holder,
+        ttl: float, now: float | None,
+    ) -> CronRun | None:
+        """Insert the slot's row if absent; the run if this holder's insert made it."""
+        claim = _claim()
+        clock = _now(now)
+        row = {
+            "worker": worker, "tick": tick, "slot": slot, "holder_node": holder.node_id,
+            "holder_group": holder.group, "holder_pid": holder.pid,
+            "holder_nonce": holder.nonce, "state": RUNNING, "claim": claim,
+            "claimed_at": clock, "expires_at": clock + ttl,
+        }
+        self._insert_if_absent(conn, row)
+        got = conn.execute(
+            select(cron_runs.c.token, cron_runs.c.expires_at)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick,
+                   cron_runs.c.slot == slot, cron_runs.c.claim == claim)
+        ).first()
+        if got is None:
+            return None
+        return CronRun(int(got.token), worker, tick, slot, holder, float(got.expires_at))
+
+    def _insert_if_absent(self, conn: Connection, row: dict[str, Any]) -> None:
+        if self.backend == "postgresql":
+            conn.execute(pg_insert(cron_runs).values(row).on_conflict_do_nothing())
+        elif self.backend == "sqlite":
+            conn.execute(sqlite_insert(cron_runs).values(row).on_conflict_do_nothing())
+        else:
+            conn.execute(mysql_insert(cron_runs).values(row).prefix_with("IGNORE"))
+
+    def _earlier_running(self, conn: Connection, worker: str, tick: float,
+                         now: float | None) -> bool:
+        found = conn.execute(
+            select(func.count()).select_from(cron_runs)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick < tick,
+                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > _now(now))
+        ).scalar_one()
+        return int(found) > 0
+
+    def _record_tick(self, conn: Connection, worker: str, tick: float, state: str,
+                     reason: str, now: float | None) -> None:
+        """A tick-level record (slot -1): missed or skipped, written once per tick."""
+        clock = _now(now)
+        self._insert_if_absent(conn, {
+            "worker": worker, "tick": tick, "slot": -1, "state": state, "reason": reason,
+            "claimed_at": clock, "ended_at": clock,
+        })
+
+    def cron_finish(
+        self,
+        run: CronRun,
+        state: str,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        if state not in FINAL_STATES:
+            raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
+        claim = _claim()
+
+        def work(conn: Connection) -> bool:
+            conn.execute(
+                update(cron_runs)
+                .where(cron_runs.c.token == run.token, cron_runs.c.state == RUNNING,
+                       cron_runs.c.holder_nonce == run.holder.nonce)
+                .values(state=state, ended_at=_now(now), exit_code=exit_code,
+                        reason=None if reason is None else reason[:255], claim=claim)
+            )
+            return conn.execute(
+                select(cron_runs.c.token).where(cron_runs.c.token == run.token,
+                                                cron_runs.c.claim == claim)
+            ).first() is not None
+
+        return self._run(work)
+
+    def _renew_runs(self, conn: Connection, holder: Holder, runs: Sequence[CronRun],
+                    ttl: float, now: float | None) -> dict[int, CronRun]:
+        if not runs:
+            return {}
+        claim = _claim()
+        clock = _now(now)
+        conn.execute(
+            update(cron_runs)
+            .where(cron_runs.c.token.in_([r.token for r in runs]),
+                   cron_runs.c.holder_nonce == holder.nonce, cron_runs.c.state == RUNNING,
+                   cron_runs.c.expires_at > clock)
+            .values(expires_at=clock + ttl, claim=claim)
+        )
+        by_token = {r.token: r for r in runs}
+        rows = conn.execute(
+            select(cron_runs.c.token, cron_runs.c.expires_at).where(cron_runs.c.claim == claim)
+        )
+        return {int(r.token): CronRun(
+            int(r.token), by_token[int(r.token)].worker, by_token[int(r.token)].tick,
+            by_token[int(r.token)].slot, holder, float(r.expires_at)) for r in rows}
+
+    def _close_lost_runs(self, conn: Connection, now: float | None) -> None:
+        conn.execute(
+            update(cron_runs)
+            .where(cron_runs.c.state == RUNNING, cron_runs.c.expires_at <= _now(now))
+            .values(state="lost", ended_at=cron_runs.c.expires_at,
+                    reason="its node stopped renewing the run")
+        )
+
+    def _prune_runs(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:
+        old = conn.execute(
+            select(cron_runs.c.token).where(cron_runs.c.ended_at.is_not(None),
+                                            cron_runs.c.ended_at < _now(now) - keep)
+            .limit(batch)
+        ).scalars().all()
+        if old:
+            conn.execute(cron_runs.delete().where(cron_runs.c.token.in_(old)))
+        return len(old)
+
+    def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
+        query = (select(cron_runs)
+                 .order_by(cron_runs.c.tick.desc(), cron_runs.c.slot, cron_runs.c.token)
+                 .limit(limit))
+        if worker is not None:
+            query = query.where(cron_runs.c.worker == worker)
+
+        def work(conn: Connection) -> list[CronRunRecord]:
+            return [CronRunRecord(
+                int(r.token), r.worker, float(r.tick), int(r.slot),
+                None if r.holder_nonce is None else Holder(
+                    r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
+                r.state, float(r.claimed_at), None if r.ended_at is None else float(r.ended_at),
+                r.exit_code, r.reason,
+            ) for r in conn.execute(query)]
+
+        return self._run(work)
+
