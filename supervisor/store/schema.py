@@ -83,4 +83,5 @@ cron_runs = Table(
     Column("ended_at", Double),
     Column("exit_code", Integer),
     Column("reason", String(255)),
+    sqlite_autoincrement=True,  # tokens only grow, even after history was pruned
 )

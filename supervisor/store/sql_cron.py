@@ -57,8 +57,9 @@ class CronSql:
             if db_now < tick:
                 return ClaimOutcome("early")
             if db_now >= tick + grace:
-                self._record_tick(conn, worker, tick, "missed",
-                                  "nobody could run it within misfire_grace", now)
+                if not self._tick_ran(conn, worker, tick):
+                    self._record_tick(conn, worker, tick, "missed",
+                                      "nobody could run it within misfire_grace", now)
                 return ClaimOutcome("missed")
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
@@ -118,6 +119,13 @@ class CronSql:
             conn.execute(sqlite_insert(cron_runs).values(row).on_conflict_do_nothing())
         else:
             conn.execute(mysql_insert(cron_runs).values(row).prefix_with("IGNORE"))
+
+    def _tick_ran(self, conn: Connection, worker: str, tick: float) -> bool:
+        found = conn.execute(
+            select(func.count()).select_from(cron_runs)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick, cron_runs.c.slot >= 0)
+        ).scalar_one()
+        return int(found) > 0
 
     def _earlier_running(self, conn: Connection, worker: str, tick: float,
                          now: float | None) -> bool:

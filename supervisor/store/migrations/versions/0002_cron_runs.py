@@ -37,6 +37,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(255)),
         sa.UniqueConstraint("worker", "tick", "slot", name="fs_cron_runs_slot"),
         mysql_engine="InnoDB",
+        # The token must only grow, even after every row was pruned: SQLite reuses
+        # rowids unless told AUTOINCREMENT (PostgreSQL sequences and InnoDB never do).
+        sqlite_autoincrement=True,
     )
     op.create_index("fs_cron_runs_state", "fs_cron_runs", ["worker", "state"])
     op.create_index("fs_cron_runs_holder", "fs_cron_runs", ["holder_nonce"])
