@@ -264,6 +264,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _history_outlives_the_claimable_window(self) -> Settings:
+        # A cron tick's history must not be pruned while the tick can still be claimed,
+        # or a pruned tick could run again.
+        for name, worker in self.workers.items():
+            if worker.mode is Mode.CRON and worker.misfire_grace >= self.history.keep:
+                raise ValueError(
+                    f"workers.{name}.misfire_grace ({format_duration(worker.misfire_grace)}) "
+                    f"must be shorter than history.keep ({format_duration(self.history.keep)})"
+                )
+        return self
+
     def with_identity(self, environ: Mapping[str, str]) -> Settings:
         """Fill node_id and group from $HOSTNAME / the host name and $CLUSTER_NAME / "default"."""
         node_id = self.node_id or environ.get("HOSTNAME") or socket.gethostname()

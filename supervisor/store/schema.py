@@ -72,6 +72,7 @@ cron_runs = Table(
     Column("worker", String(100), nullable=False),
     Column("tick", Double, nullable=False),
     Column("slot", Integer, nullable=False),  # -1: a tick-level record (missed, skipped)
+    Column("node_slot", Integer),  # 0 <= node_slot < max_per_node, unique per node and tick
     Column("holder_node", String(200)),
     Column("holder_group", String(200)),
     Column("holder_pid", Integer),

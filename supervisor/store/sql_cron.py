@@ -2,7 +2,9 @@
 
 Invariants, each enforced by the database in the claim's own transaction:
 - at most `max_run` runs per (worker, tick): a row per slot, unique on
-  (worker, tick, slot), inserted only if absent and read back;
+  (worker, tick, slot), inserted only if absent and read back; at most
+  `max_per_node` per node: unique on (worker, tick, node, node_slot), so even
+  several supervisors of one node claiming at once cannot exceed it;
 - a claim is made only while the tick is due and inside misfire_grace by the
   database's clock; a tick nobody claimed in time is recorded `missed` (slot -1),
   once, and never run late;
@@ -61,6 +63,8 @@ class CronSql:
                     self._record_tick(conn, worker, tick, "missed",
                                       "nobody could run it within misfire_grace", now)
                 return ClaimOutcome("missed")
+            if self._tick_state(conn, worker, tick) == "skipped":
+                return ClaimOutcome("overlap")  # a skip is final, like a miss: never run late
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
                                   "overlap forbidden: a run of an earlier tick is still going",
@@ -75,32 +79,45 @@ class CronSql:
         max_per_node: int, ttl: float, now: float | None,
     ) -> ClaimOutcome:
         rows = conn.execute(
-            select(cron_runs.c.slot, cron_runs.c.holder_node)
+            select(cron_runs.c.slot, cron_runs.c.holder_node, cron_runs.c.node_slot)
             .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick, cron_runs.c.slot >= 0)
         ).all()
-        if sum(1 for r in rows if r.holder_node == holder.node_id) >= max_per_node:
-            return ClaimOutcome("full")
         taken = {r.slot for r in rows}
-        for slot in range(max_run):
-            if slot in taken:
+        mine = {r.node_slot for r in rows if r.holder_node == holder.node_id}
+        for node_slot in range(max_per_node):
+            if node_slot in mine:
                 continue
-            run = self._insert_run(conn, worker, tick, slot, holder, ttl, now)
-            if run is not None:
-                return ClaimOutcome("acquired", run)
+            for slot in range(max_run):
+                if slot in taken:
+                    continue
+                run = self._insert_run(conn, worker, tick, slot, node_slot, holder, ttl, now)
+                if run is not None:
+                    return ClaimOutcome("acquired", run)
+                if self._node_slot_taken(conn, worker, tick, holder, node_slot):
+                    break  # another supervisor of this node took it meanwhile
+                taken.add(slot)
         return ClaimOutcome("full")
 
+    def _node_slot_taken(self, conn: Connection, worker: str, tick: float, holder: Holder,
+                         node_slot: int) -> bool:
+        return conn.execute(
+            select(cron_runs.c.token).where(
+                cron_runs.c.worker == worker, cron_runs.c.tick == tick,
+                cron_runs.c.holder_node == holder.node_id, cron_runs.c.node_slot == node_slot)
+        ).first() is not None
+
     def _insert_run(
-        self, conn: Connection, worker: str, tick: float, slot: int, holder: Holder,
-        ttl: float, now: float | None,
+        self, conn: Connection, worker: str, tick: float, slot: int, node_slot: int,
+        holder: Holder, ttl: float, now: float | None,
     ) -> CronRun | None:
         """Insert the slot's row if absent; the run if this holder's insert made it."""
         claim = _claim()
         clock = _now(now)
         row = {
-            "worker": worker, "tick": tick, "slot": slot, "holder_node": holder.node_id,
-            "holder_group": holder.group, "holder_pid": holder.pid,
-            "holder_nonce": holder.nonce, "state": RUNNING, "claim": claim,
-            "claimed_at": clock, "expires_at": clock + ttl,
+            "worker": worker, "tick": tick, "slot": slot, "node_slot": node_slot,
+            "holder_node": holder.node_id, "holder_group": holder.group,
+            "holder_pid": holder.pid, "holder_nonce": holder.nonce, "state": RUNNING,
+            "claim": claim, "claimed_at": clock, "expires_at": clock + ttl,
         }
         self._insert_if_absent(conn, row)
         got = conn.execute(
@@ -119,6 +136,14 @@ class CronSql:
             conn.execute(sqlite_insert(cron_runs).values(row).on_conflict_do_nothing())
         else:
             conn.execute(mysql_insert(cron_runs).values(row).prefix_with("IGNORE"))
+
+    def _tick_state(self, conn: Connection, worker: str, tick: float) -> str | None:
+        """The tick-level record's state (missed, skipped), if any."""
+        state = conn.execute(
+            select(cron_runs.c.state)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick, cron_runs.c.slot == -1)
+        ).scalar()
+        return None if state is None else str(state)
 
     def _tick_ran(self, conn: Connection, worker: str, tick: float) -> bool:
         found = conn.execute(
@@ -204,8 +229,11 @@ class CronSql:
 
     def _prune_runs(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:
         old = conn.execute(
+            # Both ended and ticked more than `keep` ago: with keep > misfire_grace
+            # (config validation) a pruned tick can no longer be claimed again.
             select(cron_runs.c.token).where(cron_runs.c.ended_at.is_not(None),
-                                            cron_runs.c.ended_at < _now(now) - keep)
+                                            cron_runs.c.ended_at < _now(now) - keep,
+                                            cron_runs.c.tick < _now(now) - keep)
             .limit(batch)
         ).scalars().all()
         if old:

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(100), nullable=False),
         sa.Column("tick", sa.Double, nullable=False),
         sa.Column("slot", sa.Integer, nullable=False),
+        sa.Column("node_slot", sa.Integer),
         sa.Column("holder_node", sa.String(200)),
         sa.Column("holder_group", sa.String(200)),
         sa.Column("holder_pid", sa.Integer),
@@ -36,6 +37,9 @@ def upgrade() -> None:
         sa.Column("exit_code", sa.Integer),
         sa.Column("reason", sa.String(255)),
         sa.UniqueConstraint("worker", "tick", "slot", name="fs_cron_runs_slot"),
+        # max_per_node held by the database itself: a node's n-th run of a tick
+        sa.UniqueConstraint("worker", "tick", "holder_node", "node_slot",
+                            name="fs_cron_runs_node_slot"),
         mysql_engine="InnoDB",
         # The token must only grow, even after every row was pruned: SQLite reuses
         # rowids unless told AUTOINCREMENT (PostgreSQL sequences and InnoDB never do).
