@@ -435,10 +435,6 @@ class Supervisor:
             await self._keeper_task
         await asyncio.shield(self._keeper.close())
 
-    @property
-    def keeper(self) -> LeaseKeeper | None:
-        return self._keeper
-
     def ready(self) -> bool:
         """For /readyz: true unless this node needs the database and cannot reach it."""
         return self._keeper is None or self._keeper.ready()

@@ -235,10 +235,6 @@ class RunningProcess:
             self._finish(), name=f"child-{self.pid}"
         )
 
-    @property
-    def returncode(self) -> int | None:
-        return self._transport.get_returncode()
-
     def uptime(self) -> float:
         return self._clock.monotonic() - self.started_at
 

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from supervisor.coordination import Grant
@@ -77,7 +77,6 @@ class KeeperState:
 
     last_success: float | None = None  # monotonic
     failures: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class LeaseKeeper:
