@@ -9,7 +9,6 @@ barrier, and must yield exactly one winner.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import secrets
 import socket
@@ -29,39 +28,11 @@ from supervisor.store import Holder, Lease, LeaseState
 from supervisor.store.sql import SqlStore
 from tests.databases import require_backend
 from tests.integration import store_race
+from tests.integration.stores import approx, make_holder
 
 NOW = 1_800_000_000.0  # a pinned database time, epoch seconds
 TTL = 10.0
-EPS = 1e-3  # times are stored with at least microsecond precision
 SPAWN = multiprocessing.get_context("spawn")
-
-
-def approx(value: float) -> object:
-    return pytest.approx(value, abs=EPS)
-
-
-def make_holder(node: str = "node-a", group: str = "g1") -> Holder:
-    return Holder(node_id=node, group=group, pid=os.getpid(), nonce=secrets.token_hex(8))
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[SqlStore]:
-    opened = SqlStore(database_url)
-    try:
-        opened.upgrade()
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
-def a() -> Holder:
-    return make_holder("node-a")
-
-
-@pytest.fixture
-def b() -> Holder:
-    return make_holder("node-b")
 
 
 def must_acquire(store: SqlStore, name: str, holder: Holder, now: float,

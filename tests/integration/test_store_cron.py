@@ -11,15 +11,14 @@ barrier on the real database clock.
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
-from collections.abc import Iterator
 
 import pytest
 
 from supervisor.store import ClaimOutcome, CronRun, CronRunRecord, Holder
 from supervisor.store.sql import SqlStore
 from tests.integration import cron_race
+from tests.integration.stores import EPS, approx, make_holder
 from tests.integration.test_store import run_contenders
 
 NOW = 1_800_000_000.0  # a pinned database time, epoch seconds
@@ -28,46 +27,7 @@ PERIOD = 60.0  # the schedule's period, for "the next tick"
 TTL = 10.0  # a run's lease
 GRACE = 30.0  # misfire_grace
 W = "nightly-report"
-EPS = 1e-3  # times are stored with at least microsecond precision
 KEEP = 3600.0
-
-
-def approx(value: float) -> object:
-    return pytest.approx(value, abs=EPS)
-
-
-def make_holder(node: str, group: str = "g1") -> Holder:
-    return Holder(node_id=node, group=group, pid=os.getpid(), nonce=secrets.token_hex(8))
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[SqlStore]:
-    opened = SqlStore(database_url)
-    try:
-        opened.upgrade()
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
-def a() -> Holder:
-    return make_holder("node-a")
-
-
-@pytest.fixture
-def b() -> Holder:
-    return make_holder("node-b")
-
-
-@pytest.fixture
-def c() -> Holder:
-    return make_holder("node-c")
-
-
-@pytest.fixture
-def d() -> Holder:
-    return make_holder("node-d")
 
 
 def claim(store: SqlStore, holder: Holder, now: float, *, tick: float = T, worker: str = W,
