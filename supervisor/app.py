@@ -27,18 +27,19 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.coordination import EveryNode, Grant, WorkerMode
+from supervisor.coordination.cron import CronMode, RunGrant
 from supervisor.coordination.leader import (
     LeaderMode,
     LeaseKeeper,
     lease_name,
     new_holder,
 )
+from supervisor.cronjob import CronSupervisor
 from supervisor.errors import ConfigError, ConfigIssue, SpawnError
 from supervisor.model import (
     ConfigRejected,
@@ -52,6 +53,7 @@ from supervisor.model import (
     WorkerGaveUp,
     WorkerOutput,
     WorkerStarted,
+    WorkerState,
 )
 from supervisor.policy import RestartTracker
 from supervisor.runner import (
@@ -59,6 +61,7 @@ from supervisor.runner import (
     ProcessSpec,
     RunningProcess,
     capture,
+    first_of,
     reap_orphans,
     spawn,
 )
@@ -141,7 +144,7 @@ async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> Node
     return parse_validation(str(config_path), returncode, stdout, stderr)
 
 
-AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
+AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER, Mode.CRON)
 LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 
 
@@ -154,15 +157,6 @@ def check_modes(settings: NodeSpec, source: str = "config") -> None:
     ]
     if issues:
         raise ConfigError(source, issues)
-
-
-class WorkerState(StrEnum):
-    WAITING = "waiting"  # for its mode's grant
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    EXITED = "exited"  # ended and not restarted under its policy
-    FAILED = "failed"  # gave up after max_restarts
-    STOPPED = "stopped"
 
 
 class WorkerSupervisor:
@@ -295,7 +289,7 @@ class WorkerSupervisor:
     async def _supervise(self, proc: RunningProcess, grant: Grant) -> ExitStatus:
         exited = asyncio.ensure_future(proc.wait())
         try:
-            await _first_of(exited, self._stop.wait(), grant.revoked.wait())
+            await first_of(exited, self._stop.wait(), grant.revoked.wait())
         except asyncio.CancelledError:
             # Cancelled from outside (the loop is going down): never leave the child behind.
             await asyncio.shield(proc.stop())
@@ -312,14 +306,14 @@ class WorkerSupervisor:
             return True
         try:
             async with asyncio.timeout(delay):
-                await _first_of(self._stop.wait(), grant.revoked.wait())
+                await first_of(self._stop.wait(), grant.revoked.wait())
         except TimeoutError:
             return False
         return True
 
     async def _unless_stopped(self, acquiring: Awaitable[Grant]) -> Grant | None:
         task = asyncio.ensure_future(acquiring)
-        await _first_of(task, self._stop.wait())
+        await first_of(task, self._stop.wait())
         if task.done():
             return task.result()
         task.cancel()
@@ -331,18 +325,6 @@ class WorkerSupervisor:
         self._publish(WorkerOutput(self.name, stream, line))
 
     _last_uptime = 0.0
-
-
-async def _first_of(*awaitables: Awaitable[object]) -> None:
-    """Wait until one finishes. Coroutines passed in are cancelled after; futures and
-    tasks passed in belong to the caller and are left running."""
-    owned = [asyncio.ensure_future(a) for a in awaitables if not asyncio.isfuture(a)]
-    shared = [a for a in awaitables if asyncio.isfuture(a)]
-    try:
-        await asyncio.wait([*owned, *shared], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in owned:
-            task.cancel()
 
 
 class Supervisor:
@@ -366,7 +348,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._stop_signals = 0
         self._exit_code = EXIT_OK
-        self._workers: dict[str, WorkerSupervisor] = {}
+        self._workers: dict[str, WorkerSupervisor | CronSupervisor] = {}
         self._tasks: dict[str, asyncio.Task[WorkerState]] = {}
         self._guard: GroupGuard | None = None
         self._group: asyncio.TaskGroup | None = None
@@ -375,7 +357,7 @@ class Supervisor:
         check_modes(settings)
 
     @property
-    def workers(self) -> Mapping[str, WorkerSupervisor]:
+    def workers(self) -> Mapping[str, WorkerSupervisor | CronSupervisor]:
         return self._workers
 
     def request_stop(self) -> None:
@@ -408,6 +390,22 @@ class Supervisor:
         keeper = self._ensure_keeper()
         lease = lease_name(name, config.mode, config.scope, self.settings.group)
         return LeaderMode(keeper, config.mode, lease, name, self.settings.group)
+
+    def _cron_worker(self, name: str, config: WorkerSpec) -> CronSupervisor:
+        mode = CronMode(self._ensure_keeper(), name, config, self._publish,
+                        history_keep=self.settings.history.keep)
+
+        def make_spec(grant: RunGrant) -> ProcessSpec:
+            return ProcessSpec(
+                argv=worker_argv(config),
+                env=worker_env(self._environ, self.settings, name, config, grant.env),
+                cwd=str(self._base_dir / config.cwd),
+                stop_signal=config.stop_signal,
+                stop_timeout=config.stop_timeout,
+            )
+
+        return CronSupervisor(name, config, mode=mode, make_spec=make_spec,
+                              publish=self._publish, guard=self._guard, clock=self._clock)
 
     def _ensure_keeper(self) -> LeaseKeeper:
         """The node's coordination loop, started when the first worker needs the database."""
@@ -442,17 +440,22 @@ class Supervisor:
     def _start_worker(self, name: str, config: WorkerSpec) -> None:
         if self._group is None:
             raise RuntimeError("workers start only inside Supervisor.run()")
-        mode = self._mode_for(name, config)
-        worker = WorkerSupervisor(
-            name, config, self.settings, mode=mode, publish=self._publish, guard=self._guard,
-            base_dir=self._base_dir, environ=self._environ, clock=self._clock,
-        )
+        worker: WorkerSupervisor | CronSupervisor
+        if config.mode is Mode.CRON:
+            worker = self._cron_worker(name, config)
+        else:
+            worker = WorkerSupervisor(
+                name, config, self.settings, mode=self._mode_for(name, config),
+                publish=self._publish, guard=self._guard, base_dir=self._base_dir,
+                environ=self._environ, clock=self._clock,
+            )
         self._workers[name] = worker
         task = self._group.create_task(worker.run(), name=f"worker-{name}")
         task.add_done_callback(functools.partial(self._worker_done, worker))
         self._tasks[name] = task
 
-    def _worker_done(self, worker: WorkerSupervisor, task: asyncio.Task[WorkerState]) -> None:
+    def _worker_done(self, worker: WorkerSupervisor | CronSupervisor,
+                     task: asyncio.Task[WorkerState]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
         if task.result() is WorkerState.FAILED and worker.config.critical:

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from supervisor.model import (
     ConfigReloaded,
+    CronClaimed,
+    CronRunEnded,
     Event,
     LeadershipGained,
     LeadershipLost,
@@ -89,6 +91,20 @@ class EventLog:
         elif isinstance(event, LeadershipLost):
             log.info("%s: no longer leader of %s (term %d): %s", event.worker, event.lease,
                      event.term, event.reason)
+        elif isinstance(event, CronClaimed):
+            if event.result == "acquired":
+                log.info("%s: claimed slot %s of the tick %s (token %s)", event.worker,
+                         event.slot, format_utc(event.tick), event.token)
+            elif event.result in ("missed", "overlap"):
+                log.warning("%s: tick %s %s", event.worker, format_utc(event.tick),
+                            "missed" if event.result == "missed"
+                            else "skipped: an earlier run is still going (overlap = forbid)")
+        elif isinstance(event, CronRunEnded):
+            level = logging.INFO if event.state in ("succeeded", "stopped") else logging.WARNING
+            log.log(level, "%s: run of %s (slot %d, token %d) %s after %s%s", event.worker,
+                    format_utc(event.tick), event.slot, event.token, event.state,
+                    format_duration(round(event.duration, 3)),
+                    "" if event.recorded else " (not recorded: the database did not take it)")
         elif isinstance(event, ConfigReloaded):
             log.info("reloaded: started %s, stopped %s, restarted %s",
                      list(event.started), list(event.stopped), list(event.restarted))

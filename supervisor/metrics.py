@@ -3,7 +3,9 @@
 Names follow SPEC.md: `supervisor_worker_up`, `supervisor_worker_restarts_total`,
 `supervisor_worker_exits_total{reason}`, `supervisor_leader`,
 `supervisor_lease_renewals_total`, `supervisor_lease_renewal_failures_total`,
-`supervisor_heartbeat_timestamp_seconds`, `supervisor_db_seconds`; plus the backoff
+`supervisor_heartbeat_timestamp_seconds`, `supervisor_db_seconds`,
+`supervisor_claims_total{result}`; plus cron run outcomes
+(`supervisor_cron_runs_total{outcome}`), the backoff
 state, so a worker that keeps failing is visible before anyone reads its logs, the
 fencing token held, and the database-minus-local clock offset.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from supervisor.model import (
+    CronClaimed,
+    CronRunEnded,
     DatabaseCall,
     Event,
     LeadershipGained,
@@ -62,6 +66,15 @@ class Metrics:
         self.leadership_changes = Counter("supervisor_leadership_changes",
                                           "Leadership gained or lost by this node",
                                           ["worker", "group", "change"], registry=r)
+        self.claims = Counter("supervisor_claims", "Cron claims by this node, by result "
+                              "(acquired, full, missed, overlap, error)",
+                              ["worker", "result"], registry=r)
+        self.cron_runs = Counter("supervisor_cron_runs", "Cron runs this node ran, by outcome "
+                                 "(succeeded, failed, timed_out, stopped)",
+                                 ["worker", "outcome"], registry=r)
+        self.cron_last_tick = Gauge("supervisor_cron_last_tick_timestamp_seconds",
+                                    "The tick of the last run this node finished",
+                                    ["worker"], registry=r)
         self.heartbeat = Gauge("supervisor_heartbeat_timestamp_seconds",
                                "When this node last proved itself alive to the database",
                                registry=r)
@@ -91,6 +104,11 @@ class Metrics:
             self.attempt.labels(name).set(event.attempt)
         elif isinstance(event, WorkerGaveUp):
             self.failed.labels(name).set(1)
+        elif isinstance(event, CronClaimed):
+            self.claims.labels(name, event.result).inc()
+        elif isinstance(event, CronRunEnded):
+            self.cron_runs.labels(name, event.state).inc()
+            self.cron_last_tick.labels(name).set(event.tick)
 
     def _coordination(self, event: Event) -> None:
         if isinstance(event, LeadershipGained):

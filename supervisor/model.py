@@ -28,6 +28,15 @@ class RestartPolicy(enum.StrEnum):
     NEVER = "never"
 
 
+class WorkerState(enum.StrEnum):
+    WAITING = "waiting"  # for its mode's grant
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    EXITED = "exited"  # ended and not restarted under its policy
+    FAILED = "failed"  # gave up after max_restarts
+    STOPPED = "stopped"
+
+
 class ExitReason(enum.StrEnum):
     """Why a child ended; the `reason` label of `supervisor_worker_exits_total`."""
 
@@ -286,3 +295,27 @@ class DatabaseCall(Event):
     operation: str
     seconds: float
     ok: bool
+
+
+@dataclass(frozen=True)
+class CronClaimed(Event):
+    """What this node's claim of a cron tick got (the `result` of supervisor_claims_total):
+    acquired, full, missed, overlap (skipped: an earlier run is still going), or error."""
+
+    tick: float
+    result: str
+    slot: int | None = None
+    token: int | None = None
+
+
+@dataclass(frozen=True)
+class CronRunEnded(Event):
+    """A cron run this node ran has ended: succeeded, failed, timed_out or stopped."""
+
+    tick: float
+    slot: int
+    token: int
+    state: str
+    exit_code: int | None
+    duration: float
+    recorded: bool  # the database took the outcome (False: it will show as lost)

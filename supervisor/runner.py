@@ -25,7 +25,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.clock import Clock, SystemClock
@@ -364,3 +364,15 @@ def use_pidfd_child_watcher() -> None:
     except OSError:
         return
     asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
+async def first_of(*awaitables: Awaitable[object]) -> None:
+    """Wait until one finishes. Coroutines passed in are cancelled after; futures and
+    tasks passed in belong to the caller and are left running."""
+    owned = [asyncio.ensure_future(a) for a in awaitables if not asyncio.isfuture(a)]
+    shared = [a for a in awaitables if asyncio.isfuture(a)]
+    try:
+        await asyncio.wait([*owned, *shared], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in owned:
+            task.cancel()

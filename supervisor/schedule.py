@@ -150,6 +150,28 @@ def previous_tick(schedule: Schedule, tz: ZoneInfo, at: float) -> float | None:
     return _instant(tz, wall)[0]
 
 
+def recent_ticks(
+    schedule: Schedule, tz: ZoneInfo, start: float, end: float, limit: int
+) -> list[float]:
+    """The latest ticks t with start < t <= end, at most `limit` of them, oldest first.
+
+    Walks back from `end`, so a long span costs `limit` steps, not one per tick in it.
+    """
+    ticks: list[float] = []
+    at = end
+    while len(ticks) < limit:
+        tick = previous_tick(schedule, tz, at)
+        if tick is None or tick <= start or (ticks and tick >= ticks[-1]):
+            break
+        ticks.append(tick)
+        # Cron ticks fall on whole seconds, @every ticks a period apart: half of the
+        # smaller step back lands strictly between this tick and the one before.
+        step = schedule.period if isinstance(schedule, EverySchedule) else 1.0
+        at = tick - step / 2
+    ticks.reverse()
+    return ticks
+
+
 def _ticks(schedule: Schedule, tz: ZoneInfo, after: float) -> Iterator[float]:
     """Every tick strictly after `after`, strictly increasing; the caller bounds it."""
     if isinstance(schedule, EverySchedule):

@@ -25,6 +25,8 @@ class Grant:
     revoked: asyncio.Event = field(default_factory=asyncio.Event)
     # After revocation the child must be dead within this many seconds (None: its stop_timeout).
     stop_grace: float | None = None
+    reason: str = ""  # why it was revoked
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)  # stop_grace was shortened
 
 
 class WorkerMode(Protocol):

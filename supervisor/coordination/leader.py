@@ -45,7 +45,7 @@ from supervisor.model import (
     NodeHeartbeat,
 )
 from supervisor.spec import CoordinationSpec
-from supervisor.store import CoordinationStore, Holder, Lease
+from supervisor.store import CoordinationStore, CronRun, Holder, Lease, SyncResult
 
 log = logging.getLogger("supervisor")
 T = TypeVar("T")
@@ -69,6 +69,16 @@ class _Slot:
     waiter: asyncio.Future[Grant] | None = None
     timer: asyncio.TimerHandle | None = None
     ensured: bool = False
+
+
+@dataclass
+class _RunSlot:
+    """A claimed cron run this node is running: renewed and trusted like a lease."""
+
+    run: CronRun
+    grant: Grant
+    trust_until: float = 0.0
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -101,6 +111,9 @@ class LeaseKeeper:
         self._history_keep = history_keep
         self._next_upkeep = 0.0
         self._slots: dict[str, _Slot] = {}
+        self._runs: dict[int, _RunSlot] = {}
+        self._db_offset: float | None = None  # database clock minus the loop's monotonic clock
+        self._synced = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fs-db")
@@ -136,6 +149,66 @@ class LeaseKeeper:
                         slot.worker, name, exc)
         self._publish(LeadershipLost(slot.worker, slot.group, name, lease.term, reason))
 
+    # --- the database clock, and cron runs -------------------------------------------------
+
+    async def clock_ready(self) -> None:
+        """Wait until one sync has measured the database clock."""
+        await self._synced.wait()
+
+    def db_time(self) -> float:
+        """The database's clock now, from the offset measured by the last sync (no call)."""
+        if self._db_offset is None:
+            raise RuntimeError("the database clock is not measured yet (await clock_ready())")
+        return asyncio.get_running_loop().time() + self._db_offset
+
+    def loop_time_of(self, db_time: float) -> float:
+        """The loop (monotonic) time at which the database's clock reads `db_time`."""
+        if self._db_offset is None:
+            raise RuntimeError("the database clock is not measured yet (await clock_ready())")
+        return db_time - self._db_offset
+
+    async def call(self, fn: Callable[..., T], *args: Any, within: float | None = None,
+                   **kwargs: Any) -> T:
+        """A bounded store call in the keeper's database threads (for modes)."""
+        bound = self.timing.renew_deadline if within is None else within
+        return await self._call(fn, *args, within=bound, **kwargs)
+
+    def track_run(self, run: CronRun, grant: Grant, sent_at: float) -> None:
+        """Renew `run` in every sync from now on, trusted until `sent_at + renew_deadline`
+        (sent_at: loop time before the claim was sent); `grant` is revoked when the
+        run is lost, when trust runs out, or when a later tick asks it to stop."""
+        slot = self._runs[run.token] = _RunSlot(run, grant)
+        self._trust_run(slot, sent_at + self.timing.renew_deadline)
+
+    def untrack_run(self, token: int) -> None:
+        slot = self._runs.pop(token, None)
+        if slot is not None and slot.timer is not None:
+            slot.timer.cancel()
+
+    def _trust_run(self, slot: _RunSlot, until: float) -> None:
+        slot.trust_until = until
+        if slot.timer is not None:
+            slot.timer.cancel()
+        slot.timer = asyncio.get_running_loop().call_at(until, self._run_trust_expired, slot)
+
+    def _run_trust_expired(self, slot: _RunSlot) -> None:
+        slot.timer = None
+        late = asyncio.get_running_loop().time() - slot.trust_until
+        grace = max(0.0, self.timing.leader_stop_grace - late)
+        self._revoke_run(slot, f"could not renew the run within renew_deadline "
+                               f"({self.timing.renew_deadline:g}s)", grace)
+
+    def _revoke_run(self, slot: _RunSlot, reason: str, grace: float | None) -> None:
+        grant = slot.grant
+        if grant.revoked.is_set():
+            if grace is not None and (grant.stop_grace is None or grace < grant.stop_grace):
+                grant.stop_grace = grace  # tighter than what it was stopping with
+                grant.hurry.set()
+            return
+        grant.reason = reason
+        grant.stop_grace = grace
+        grant.revoked.set()
+
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -163,7 +236,7 @@ class LeaseKeeper:
         backing off up to half a lease TTL (a holder keeps trying every interval)."""
         base = self.timing.renew_interval
         failures = self.state.failures
-        if failures and not any(s.lease for s in self._slots.values()):
+        if failures and not self._runs and not any(s.lease for s in self._slots.values()):
             base = min(base * 2 ** min(failures, 8), max(base, self.timing.lease_ttl / 2))
         return base * (1 + _JITTER * (2 * random.random() - 1))
 
@@ -186,21 +259,29 @@ class LeaseKeeper:
         held = [s.lease for s in self._slots.values() if s.lease is not None]
         wanted = [s.name for s in self._slots.values()
                   if s.wanted and s.lease is None and s.waiter is not None]
+        runs = [r.run for r in self._runs.values()]
         loop = asyncio.get_running_loop()
         sent_at, wall_sent = loop.time(), time.time()
-        trust_left = min((s.trust_until - sent_at for s in self._slots.values() if s.lease),
-                         default=self.timing.renew_deadline)
+        trusts = [s.trust_until for s in self._slots.values() if s.lease]
+        trusts += [r.trust_until for r in self._runs.values()]
+        trust_left = min(trusts, default=sent_at + self.timing.renew_deadline) - sent_at
         bound = max(0.05, min(self.timing.renew_deadline, trust_left))
+        extra: dict[str, Any] = {"runs": runs} if runs else {}
         try:
             result = await self._call(self.store.node_sync, self.holder, held=held,
-                                      wanted=wanted, ttl=self.timing.lease_ttl, within=bound)
+                                      wanted=wanted, ttl=self.timing.lease_ttl, within=bound,
+                                      **extra)
         except StoreError as exc:
             self._failed(exc, held)
             return
-        self.state.last_success = loop.time()
+        received = loop.time()
+        self.state.last_success = received
         self.state.failures = 0
         wall_now = time.time()
+        self._db_offset = result.db_now - (sent_at + received) / 2
+        self._synced.set()
         self._publish(NodeHeartbeat("", wall_now, result.db_now - (wall_sent + wall_now) / 2))
+        self._synced_runs(result, sent_at)
         for name in result.lost:
             self._revoke(self._slots[name], "the database no longer shows this node holding it",
                          grace=0.0)
@@ -211,6 +292,26 @@ class LeaseKeeper:
             self._publish(LeaseRenewed(slot.worker, slot.group, True))
         for name, lease in result.acquired.items():
             self._gained(self._slots[name], lease, sent_at)
+
+    def _synced_runs(self, result: SyncResult, sent_at: float) -> None:
+        for token, run in result.runs_kept.items():
+            slot = self._runs.get(token)
+            if slot is not None:
+                slot.run = run
+                self._trust_run(slot, sent_at + self.timing.renew_deadline)
+        for token in result.runs_lost:
+            slot = self._runs.pop(token, None)
+            if slot is not None:
+                if slot.timer is not None:
+                    slot.timer.cancel()
+                self._revoke_run(slot, "the database no longer shows this run as running", 0.0)
+        for token in result.runs_stop:
+            slot = self._runs.get(token)
+            if slot is not None:
+                # overlap = replace: a later tick waits for this run; stop it as a leader
+                # stops (never slower than trust allows).
+                self._revoke_run(slot, "replaced by a later tick",
+                                 self.timing.leader_stop_grace)
 
     async def _upkeep(self) -> None:
         """Now and then: close terms of dead holders, prune old history (small batches)."""
