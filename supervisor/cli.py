@@ -103,11 +103,17 @@ def run(config_path: Path) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(config_path: Path, as_json: bool) -> None:
-    """The fleet as the database sees it: live nodes, leaders, terms, time left."""
-    from supervisor.fleetview import status_data, status_text
+    """The fleet as the database sees it: live nodes, leaders, terms, time left, and each
+    cron worker's next tick (by the database's clock) and latest ticks."""
+    from supervisor.fleetview import cron_section, status_data, status_text
 
+    settings = _load(config_path)
     with _store(config_path) as store:
-        data = status_data(store.masked_url, store.db_now(), store.members(), store.leases())
+        db_now = store.db_now()
+        members = store.members()
+        cron = cron_section(settings.workers, db_now, members,
+                            lambda worker, limit: store.cron_runs(worker=worker, limit=limit))
+        data = status_data(store.masked_url, db_now, members, store.leases(), cron)
     click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
 
 
@@ -115,14 +121,20 @@ def status(config_path: Path, as_json: bool) -> None:
 @config_option
 @click.argument("worker", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--limit", default=100, show_default=True, help="How many records at most.")
+@click.option("--limit", default=100, show_default=True,
+              help="How many rows at most, terms and runs together.")
 def history(config_path: Path, worker: str | None, as_json: bool, limit: int) -> None:
-    """Leadership terms, newest first (of one WORKER, or all)."""
+    """Cron runs and leadership terms, newest first (of one WORKER, or all).
+
+    A term is placed at the time it was acquired, a cron run at its tick.
+    """
     from supervisor.fleetview import history_data, history_text
 
     with _store(config_path) as store:
         lease = f"leader/{worker}" if worker else None
-        rows = history_data(store.terms(lease=lease, limit=limit))
+        terms = store.terms(lease=lease, limit=limit)
+        runs = store.cron_runs(worker=worker, limit=limit)
+    rows = history_data(terms, runs, limit)
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 
 

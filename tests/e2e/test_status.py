@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import signal
 import subprocess
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from supervisor.store import CronRun, Holder
+from supervisor.store.sql import SqlStore
 from tests.conftest import SUPERVISOR_BIN, worker_command
 
 TIMINGS = """
@@ -103,7 +108,172 @@ def test_db_upgrade_and_an_unreachable_database(tmp_path, database_url):
     assert first.returncode == 0, first.stderr
     assert cli("db", "upgrade", config=cfg).returncode == 0
     empty = json.loads(cli("status", "--json", config=cfg).stdout)
-    assert empty["nodes"] == [] and empty["leaders"] == []
+    assert empty["nodes"] == [] and empty["leaders"] == [] and empty["cron"] == []
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+class CronHistory:
+    """A cron history written straight into the store at pinned times, ten minutes back.
+
+    job (@every 2s, max_run 2): tick t0 two runs, one succeeded and one failed; t0+2
+    missed; t0+4 two runs still running, one by a live supervisor and one whose
+    supervisor is gone. A leadership term of `lead` acquired at t0+3, and a run of
+    `other` at t0+6.
+    """
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.a = Holder("node-a", "blue", os.getpid(), "nonce-a")
+        self.b = Holder("node-b", "blue", os.getpid() + 1, "nonce-b")
+        self.t0 = math.floor(store.db_now() / 2) * 2 - 600
+        t0 = self.t0
+        ok = self.claim("job", t0, self.a, at=t0 + 0.1)
+        bad = self.claim("job", t0, self.b, at=t0 + 0.2)
+        assert store.cron_finish(ok, "succeeded", exit_code=0, now=t0 + 1.6)
+        assert store.cron_finish(bad, "failed", exit_code=3, reason="exit status 3",
+                                 now=t0 + 0.7)
+        missed = store.cron_claim("job", t0 + 2, holder=self.a, max_run=2, ttl=30, grace=10,
+                                  now=t0 + 13)
+        assert missed.result == "missed"
+        assert store.lease_acquire("leader/lead", self.a, 5, now=t0 + 3) is not None
+        self.claim("job", t0 + 4, self.a, at=t0 + 4.1)
+        self.claim("job", t0 + 4, self.b, at=t0 + 4.2)
+        other = self.claim("other", t0 + 6, self.b, at=t0 + 6.1)
+        assert store.cron_finish(other, "succeeded", exit_code=0, now=t0 + 6.6)
+        store.node_sync(self.a, held=[], wanted=[], ttl=60)  # node-a's supervisor is live
+
+    def claim(self, worker: str, tick: float, holder: Holder, *, at: float) -> CronRun:
+        got = self.store.cron_claim(worker, tick, holder=holder, max_run=2, ttl=30, grace=10,
+                                    now=at)
+        assert got.result == "acquired" and got.run is not None, got
+        return got.run
+
+
+CRON_CONFIG = """
+database_url = "{url}"
+
+[workers.job]
+command = ["true"]
+mode = "cron"
+cron = "@every 2s"
+max_run = 2
+misfire_grace = "10s"
+
+[workers.other]
+command = ["true"]
+mode = "cron"
+cron = "@every 2s"
+timezone = "Europe/Berlin"
+overlap = "allow"
+
+[workers.lead]
+command = ["true"]
+mode = "global-leader"
+"""
+
+
+@pytest.fixture
+def cron_store(database_url):
+    store = SqlStore(database_url)
+    store.upgrade()
+    yield store
+    store.close()
+
+
+def test_status_shows_each_cron_workers_next_tick_and_latest_outcomes(
+        tmp_path, database_url, database_backend, cron_store):
+    seeded = CronHistory(cron_store)
+    t0 = seeded.t0
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CRON_CONFIG.format(url=with_password(database_url, database_backend)))
+
+    before = cron_store.db_now()
+    done = cli("status", "--json", config=cfg)
+    after = cron_store.db_now()
+    assert done.returncode == 0, done.stderr
+    crons = {c["worker"]: c for c in json.loads(done.stdout)["cron"]}
+    assert list(crons) == ["job", "other"]  # the leader is not a cron worker
+    job = crons["job"]
+    assert set(job) == {"worker", "schedule", "timezone", "max_run", "max_per_node", "overlap",
+                        "misfire_grace", "timeout", "next_tick", "next_in", "ticks"}
+    assert (job["schedule"], job["timezone"], job["max_run"], job["overlap"]) == (
+        "@every 2s", "UTC", 2, "forbid")
+    assert crons["other"]["timezone"] == "Europe/Berlin"
+    # the next tick by the database's clock: the first multiple of 2 s after its time
+    for cron in crons.values():
+        tick = epoch(cron["next_tick"])
+        assert tick % 2 == 0 and before < tick <= after + 2, (before, tick, after)
+        assert 0 < cron["next_in"] <= 2
+
+    assert [(epoch(t["tick"]), t["state"]) for t in job["ticks"]] == [
+        (t0 + 4, "running"), (t0 + 2, "missed"), (t0, "failed")]
+    running, missed, finished = job["ticks"]
+    assert [(r["slot"], r["node_id"], r["state"], r["holder_live"])
+            for r in running["runs"]] == [
+        (0, "node-a", "running", True), (1, "node-b", "running", False)]
+    assert missed["runs"] == [] and "misfire_grace" in missed["reason"]
+    assert [(r["slot"], r["node_id"], r["pid"], r["state"], r["exit_code"], r["duration"])
+            for r in finished["runs"]] == [
+        (0, "node-a", os.getpid(), "succeeded", 0, pytest.approx(1.5, abs=1e-3)),
+        (1, "node-b", os.getpid() + 1, "failed", 3, pytest.approx(0.5, abs=1e-3))]
+    assert [(t["state"], len(t["runs"])) for t in crons["other"]["ticks"]] == [("succeeded", 1)]
+
+    text = cli("status", config=cfg)
+    assert text.returncode == 0, text.stderr
+    assert "cron: 2 workers" in text.stdout and "next tick " in text.stdout
+    for state in ("running", "missed", "failed exit 3", "succeeded exit 0",
+                  "its node is gone: will be marked lost"):
+        assert state in text.stdout, state
+    for output in (done.stdout, done.stderr, text.stdout, text.stderr):
+        assert "hunter2" not in output
+
+
+def test_history_merges_cron_runs_and_terms_newest_first(tmp_path, database_url,
+                                                          database_backend, cron_store):
+    t0 = CronHistory(cron_store).t0
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CRON_CONFIG.format(url=with_password(database_url, database_backend)))
+
+    done = cli("history", "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [(r["kind"], r["worker"], epoch(r["at"]), r.get("slot"), r.get("state"))
+            for r in rows] == [
+        ("run", "other", t0 + 6, 0, "succeeded"),
+        ("run", "job", t0 + 4, 0, "running"),
+        ("run", "job", t0 + 4, 1, "running"),
+        ("term", "lead", t0 + 3, None, None),
+        ("run", "job", t0 + 2, -1, "missed"),
+        ("run", "job", t0, 0, "succeeded"),
+        ("run", "job", t0, 1, "failed"),
+    ]
+    failed = rows[-1]
+    assert (failed["node_id"], failed["pid"], failed["exit_code"], failed["reason"]) == (
+        "node-b", os.getpid() + 1, 3, "exit status 3")
+    assert failed["duration"] == pytest.approx(0.5, abs=1e-3)
+    assert epoch(failed["tick"]) == t0
+    assert (rows[3]["term"], rows[3]["node_id"], rows[3]["outcome"]) == (1, "node-a", "holding")
+
+    job = json.loads(cli("history", "job", "--json", config=cfg).stdout)
+    assert {r["worker"] for r in job} == {"job"} and len(job) == 5
+    lead = json.loads(cli("history", "lead", "--json", config=cfg).stdout)
+    assert [(r["kind"], r["worker"]) for r in lead] == [("term", "lead")]
+    newest = json.loads(cli("history", "--limit", "4", "--json", config=cfg).stdout)
+    assert newest == rows[:4]
+
+    text = cli("history", config=cfg)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 7
+    assert "other" in lines[0] and "run  slot 0" in lines[0] and "succeeded" in lines[0]
+    assert "lead" in lines[3] and "term 1" in lines[3] and "holding" in lines[3]
+    assert "tick missed" in lines[4]
+    assert "failed exit 3 after 0.5s (exit status 3)" in lines[6]
+    for output in (done.stdout, done.stderr, text.stdout, text.stderr):
+        assert "hunter2" not in output
 
 
 @pytest.mark.parametrize("url", [
