@@ -105,12 +105,18 @@ class CronRun:
 class ClaimOutcome:
     """What a claim attempt got: `acquired` (with the run), or why not:
     `early` (the tick is not due by the database's clock), `missed` (past
-    misfire_grace: recorded, never run late), `full` (max_run slots taken, or this
-    node has max_per_node of them), `overlap` (forbidden: a run of an earlier tick
-    is still going fleet-wide; the tick is recorded `skipped`)."""
+    misfire_grace: recorded, never run late), `full`
+    (max_run slots taken, or this node has max_per_node of them), `overlap` (forbidden:
+    a run of an earlier tick is still going fleet-wide; or, replacing, a later tick
+    already has runs, so this one is superseded; the tick is recorded `skipped` unless
+    it has runs, and a skip is final).
+
+    `replaced`: with `replace_earlier`, the tokens of the earlier runs this claim asked
+    to stop (their holders learn it from `SyncResult.runs_stop`)."""
 
     result: str
     run: CronRun | None = None
+    replaced: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,10 @@ class SyncResult:
     acquired: dict[str, Lease] = field(default_factory=dict)  # wanted leases now held
     runs_kept: dict[int, CronRun] = field(default_factory=dict)  # cron runs renewed, by token
     runs_lost: tuple[int, ...] = ()  # cron runs that could not be renewed (expired or ended)
+    # Renewed runs a later tick replaces (overlap = replace): the holder stops their
+    # children and ends them with cron_finish(..., "stopped"); until then they stay
+    # running (and renewed), or expire and are marked lost by maintain.
+    runs_stop: tuple[int, ...] = ()
 
 
 class CoordinationStore(Protocol):
@@ -208,11 +218,27 @@ class CoordinationStore(Protocol):
         ttl: float,
         grace: float,
         forbid_overlap: bool = False,
+        replace_earlier: bool = False,
         now: float | None = None,
     ) -> ClaimOutcome:
         """Claim a free slot of the tick, in database time: due (`tick <= now`) and within
         grace (`now < tick + grace`). At most max_run runs per tick fleet-wide, each a row
-        unique on (worker, tick, slot); at most max_per_node of them for this node."""
+        unique on (worker, tick, slot); at most max_per_node of them for this node.
+
+        `forbid_overlap` (overlap = forbid): while a run of an earlier tick of the worker
+        is still running and unexpired, the tick is recorded skipped instead.
+        `replace_earlier` (overlap = replace): when the claim acquires a slot, in the same
+        transaction every running, unexpired run of the worker with an earlier tick is
+        asked to stop (`ClaimOutcome.replaced`, and `SyncResult.runs_stop` for its
+        holder); the new run starts its child once `cron_earlier_running` is 0. A tick
+        earlier than one that already has runs is superseded: `overlap`, never started.
+        Both flags at once is a ValueError."""
+
+    def cron_earlier_running(
+        self, worker: str, tick: float, *, now: float | None = None
+    ) -> int:
+        """How many runs of the worker with a tick before `tick` are still running and
+        unexpired (`expires_at > now`, database time): a replacing run waits for 0."""
 
     def cron_finish(
         self,

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Double,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
 )
@@ -84,5 +85,7 @@ cron_runs = Table(
     Column("ended_at", Double),
     Column("exit_code", Integer),
     Column("reason", String(255)),
+    # 1: a later tick replaces this run (overlap = replace); its holder stops the child
+    Column("stop_requested", SmallInteger, nullable=False, server_default="0"),
     sqlite_autoincrement=True,  # tokens only grow, even after history was pruned
 )

@@ -358,10 +358,10 @@ class SqlStore(CronSql):
             kept = self._renew(conn, holder, {lease.name: lease.term for lease in held}, ttl, now)
             acquired = self._acquire(conn, wanted, holder, ttl, now) if wanted else {}
             lost = tuple(lease.name for lease in held if lease.name not in kept)
-            runs_kept = self._renew_runs(conn, holder, runs, ttl, now)
+            runs_kept, runs_stop = self._renew_runs(conn, holder, runs, ttl, now)
             runs_lost = tuple(run.token for run in runs if run.token not in runs_kept)
             return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired,
-                              runs_kept=runs_kept, runs_lost=runs_lost)
+                              runs_kept=runs_kept, runs_lost=runs_lost, runs_stop=runs_stop)
 
         return self._run(work)
 

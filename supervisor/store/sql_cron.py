@@ -8,6 +8,9 @@ Invariants, each enforced by the database in the claim's own transaction:
 - a claim is made only while the tick is due and inside misfire_grace by the
   database's clock; a tick nobody claimed in time is recorded `missed` (slot -1),
   once, and never run late;
+- overlap = replace: the claim that acquires a slot asks the worker's earlier running
+  runs to stop (`stop_requested`), in its own transaction; their holders read it back
+  when they renew them in node_sync;
 - a run is a lease: renewed in the node's sync, marked `lost` by `maintain` once
   it expires, never left `running` for ever; its token (the row id) only grows.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -30,6 +33,7 @@ from supervisor.store.schema import cron_runs
 T = TypeVar("T")
 RUNNING = "running"
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
+SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
 
 
 class CronSql:
@@ -52,8 +56,12 @@ class CronSql:
         ttl: float,
         grace: float,
         forbid_overlap: bool = False,
+        replace_earlier: bool = False,
         now: float | None = None,
     ) -> ClaimOutcome:
+        if forbid_overlap and replace_earlier:
+            raise ValueError("overlap is either forbidden or replaced, not both")
+
         def work(conn: Connection) -> ClaimOutcome:
             db_now = float(conn.execute(select(_now(now))).scalar_one())
             if db_now < tick:
@@ -70,9 +78,53 @@ class CronSql:
                                   "overlap forbidden: a run of an earlier tick is still going",
                                   now)
                 return ClaimOutcome("overlap")
-            return self._take_slot(conn, worker, tick, holder, max_run, max_per_node, ttl, now)
+            if replace_earlier and self._later_ran(conn, worker, tick):
+                if not self._tick_ran(conn, worker, tick):
+                    self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
+                return ClaimOutcome("overlap")
+            outcome = self._take_slot(conn, worker, tick, holder, max_run, max_per_node, ttl,
+                                      now)
+            if outcome.run is None:
+                return outcome
+            # A fresh statement sees a later tick's run committed meanwhile: undo, never run.
+            if replace_earlier and self._later_ran(conn, worker, tick):
+                conn.execute(delete(cron_runs).where(cron_runs.c.token == outcome.run.token))
+                if not self._tick_ran(conn, worker, tick):
+                    self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
+                return ClaimOutcome("overlap")
+            if replace_earlier:
+                return ClaimOutcome("acquired", outcome.run,
+                                    self._request_stop(conn, worker, tick, now))
+            return outcome
 
         return self._run(work)
+
+    def _later_ran(self, conn: Connection, worker: str, tick: float) -> bool:
+        """Whether a later tick of the worker has runs: replacing, this tick is superseded."""
+        return conn.execute(
+            select(cron_runs.c.token).where(cron_runs.c.worker == worker,
+                                            cron_runs.c.tick > tick, cron_runs.c.slot >= 0)
+            .limit(1)
+        ).first() is not None
+
+    def _request_stop(self, conn: Connection, worker: str, tick: float,
+                      now: float | None) -> tuple[int, ...]:
+        """Ask every running, unexpired run of an earlier tick to stop; their tokens."""
+        claim = _claim()
+        conn.execute(
+            update(cron_runs)
+            .where(cron_runs.c.worker == worker, cron_runs.c.tick < tick,
+                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > _now(now))
+            .values(stop_requested=1, claim=claim)
+        )
+        return tuple(sorted(int(token) for token in conn.execute(
+            select(cron_runs.c.token)
+            .where(cron_runs.c.worker == worker, cron_runs.c.claim == claim)
+        ).scalars()))
+
+    def cron_earlier_running(self, worker: str, tick: float, *,
+                             now: float | None = None) -> int:
+        return self._run(lambda conn: self._earlier_running(conn, worker, tick, now))
 
     def _take_slot(
         self, conn: Connection, worker: str, tick: float, holder: Holder, max_run: int,
@@ -153,13 +205,13 @@ class CronSql:
         return int(found) > 0
 
     def _earlier_running(self, conn: Connection, worker: str, tick: float,
-                         now: float | None) -> bool:
+                         now: float | None) -> int:
         found = conn.execute(
             select(func.count()).select_from(cron_runs)
             .where(cron_runs.c.worker == worker, cron_runs.c.tick < tick,
                    cron_runs.c.state == RUNNING, cron_runs.c.expires_at > _now(now))
         ).scalar_one()
-        return int(found) > 0
+        return int(found)
 
     def _record_tick(self, conn: Connection, worker: str, tick: float, state: str,
                      reason: str, now: float | None) -> None:
@@ -199,9 +251,12 @@ class CronSql:
         return self._run(work)
 
     def _renew_runs(self, conn: Connection, holder: Holder, runs: Sequence[CronRun],
-                    ttl: float, now: float | None) -> dict[int, CronRun]:
+                    ttl: float, now: float | None
+                    ) -> tuple[dict[int, CronRun], tuple[int, ...]]:
+        """Renew the holder's running, unexpired runs: those renewed, and of them the
+        tokens whose stop a later tick requested (overlap = replace)."""
         if not runs:
-            return {}
+            return {}, ()
         claim = _claim()
         clock = _now(now)
         conn.execute(
@@ -213,11 +268,13 @@ class CronSql:
         )
         by_token = {r.token: r for r in runs}
         rows = conn.execute(
-            select(cron_runs.c.token, cron_runs.c.expires_at).where(cron_runs.c.claim == claim)
-        )
-        return {int(r.token): CronRun(
+            select(cron_runs.c.token, cron_runs.c.expires_at, cron_runs.c.stop_requested)
+            .where(cron_runs.c.holder_nonce == holder.nonce, cron_runs.c.claim == claim)
+        ).all()
+        kept = {int(r.token): CronRun(
             int(r.token), by_token[int(r.token)].worker, by_token[int(r.token)].tick,
             by_token[int(r.token)].slot, holder, float(r.expires_at)) for r in rows}
+        return kept, tuple(sorted(int(r.token) for r in rows if r.stop_requested))
 
     def _close_lost_runs(self, conn: Connection, now: float | None) -> None:
         conn.execute(
@@ -241,7 +298,10 @@ class CronSql:
         return len(old)
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
-        query = (select(cron_runs)
+        c = cron_runs.c  # the columns history shows: readable before and after upgrades
+        query = (select(c.token, c.worker, c.tick, c.slot, c.holder_node, c.holder_group,
+                        c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
+                        c.exit_code, c.reason)
                  .order_by(cron_runs.c.tick.desc(), cron_runs.c.slot, cron_runs.c.token)
                  .limit(limit))
         if worker is not None:

@@ -1,19 +1,26 @@
 """The store conformance suite for cron: claims, misfires, overlap, run leases and history.
 
 Guarantees 6 and 9 of SPEC.md, as the store protocol (supervisor/store/__init__.py) states
-them: cron_claim, cron_finish, cron_runs, node_sync(runs=...) and maintain. Each test gets
-its own empty database on every backend (tests/databases.py) and talks to SqlStore through
-the protocol only. Time is pinned with `now=` wherever timing matters, so nothing sleeps;
-races run as competing processes (tests/integration/cron_race.py) started together behind a
-barrier on the real database clock.
+them: cron_claim (overlap forbid and replace), cron_earlier_running, cron_finish, cron_runs,
+node_sync(runs=...) and maintain, and the migration that added the stop request. Each test
+gets its own empty database on every backend (tests/databases.py) and talks to SqlStore
+through the protocol only, except the interleaving tests, which pause one store inside its
+transaction at a named step. Time is pinned with `now=` wherever timing matters, so nothing
+sleeps; races run as competing processes (tests/integration/cron_race.py) started together
+behind a barrier on the real database clock.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+import threading
+from collections.abc import Callable
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
 
 from supervisor.store import ClaimOutcome, CronRun, CronRunRecord, Holder
 from supervisor.store.sql import SqlStore
@@ -32,10 +39,11 @@ KEEP = 3600.0
 
 def claim(store: SqlStore, holder: Holder, now: float, *, tick: float = T, worker: str = W,
           max_run: int = 3, max_per_node: int = 1, ttl: float = TTL, grace: float = GRACE,
-          forbid_overlap: bool = False) -> ClaimOutcome:
+          forbid_overlap: bool = False, replace_earlier: bool = False) -> ClaimOutcome:
     return store.cron_claim(worker, tick, holder=holder, max_run=max_run,
                             max_per_node=max_per_node, ttl=ttl, grace=grace,
-                            forbid_overlap=forbid_overlap, now=now)
+                            forbid_overlap=forbid_overlap, replace_earlier=replace_earlier,
+                            now=now)
 
 
 def must_claim(store: SqlStore, holder: Holder, now: float, **kw: object) -> CronRun:
@@ -254,6 +262,128 @@ def test_forbid_overlap_is_per_worker_and_not_against_slots_of_the_same_tick(sto
     must_claim(store, a, T + 2, worker="other-job", forbid_overlap=True)
 
 
+# --- overlap = replace ---------------------------------------------------------------------
+
+
+def test_replace_asks_only_earlier_running_unexpired_runs_of_the_worker_to_stop(
+        store, a, b, c, d):
+    long = 5 * PERIOD  # still unexpired two ticks later
+    going = must_claim(store, a, T, ttl=long, max_run=2)
+    done = must_claim(store, b, T, ttl=long, max_run=2)
+    assert store.cron_finish(done, "succeeded", exit_code=0, now=T + 1)
+    expired = must_claim(store, c, T + PERIOD, tick=T + PERIOD, ttl=TTL)  # gone at +TTL
+    other_job = must_claim(store, a, T, worker="other-job", ttl=long)
+    nxt = T + 2 * PERIOD
+    same_tick = must_claim(store, b, nxt, tick=nxt, ttl=long, max_run=2)  # not earlier
+    outcome = claim(store, d, nxt + 1, tick=nxt, ttl=long, max_run=2, replace_earlier=True)
+    assert outcome.result == "acquired" and outcome.run is not None, outcome
+    assert (outcome.run.slot, outcome.replaced) == (1, (going.token,))
+    # asked, not ended: the run stays running until its holder stops it (or it expires)
+    assert record_of(store, going).state == "running"
+    assert [record_of(store, run).state for run in (done, expired, other_job, same_tick)] == [
+        "succeeded", "running", "running", "running"]  # expired: running until maintain
+    # node_sync tells the holder, and only the holder, and only for that run
+    mine = store.node_sync(a, held=[], wanted=[], ttl=long, runs=[going, other_job],
+                           now=nxt + 2)
+    assert set(mine.runs_kept) == {going.token, other_job.token}
+    assert (mine.runs_stop, mine.runs_lost) == ((going.token,), ())
+    theirs = store.node_sync(b, held=[], wanted=[], ttl=long, runs=[same_tick], now=nxt + 2)
+    assert (set(theirs.runs_kept), theirs.runs_stop) == ({same_tick.token}, ())
+    gone = store.node_sync(c, held=[], wanted=[], ttl=TTL, runs=[expired], now=nxt + 2)
+    assert (gone.runs_lost, gone.runs_stop) == ((expired.token,), ())
+    again = store.node_sync(a, held=[], wanted=[], ttl=long,
+                            runs=list(mine.runs_kept.values()), now=nxt + 3)
+    assert again.runs_stop == (going.token,)  # the request stands until the run ends
+    assert store.cron_finish(going, "stopped", reason="replaced by a later tick", now=nxt + 4)
+    ended = store.node_sync(a, held=[], wanted=[], ttl=long, runs=[going, other_job],
+                            now=nxt + 5)
+    assert (ended.runs_lost, ended.runs_stop) == ((going.token,), ())
+
+
+def test_node_sync_reports_a_stop_to_no_one_but_the_holder(store, a, b):
+    going = must_claim(store, a, T, ttl=3 * PERIOD)
+    nxt = T + PERIOD
+    assert claim(store, b, nxt, tick=nxt, replace_earlier=True).replaced == (going.token,)
+    forged = CronRun(token=going.token, worker=going.worker, tick=going.tick, slot=going.slot,
+                     holder=b, expires_at=going.expires_at)
+    result = store.node_sync(b, held=[], wanted=[], ttl=TTL, runs=[forged], now=nxt + 1)
+    assert (result.runs_kept, result.runs_lost, result.runs_stop) == ({}, (going.token,), ())
+    owner = store.node_sync(a, held=[], wanted=[], ttl=TTL, runs=[going], now=nxt + 1)
+    assert owner.runs_stop == (going.token,)
+
+
+def test_a_replacing_claim_with_nothing_earlier_running_replaces_nothing(store, a, b):
+    first = must_claim(store, a, T, ttl=3 * PERIOD)
+    assert store.cron_finish(first, "succeeded", exit_code=0, now=T + 1)
+    nxt = T + PERIOD
+    outcome = claim(store, b, nxt, tick=nxt, replace_earlier=True)
+    assert (outcome.result, outcome.replaced) == ("acquired", ())
+    plain = claim(store, a, nxt + 1, tick=nxt)  # without replace: never reports any
+    assert (plain.result, plain.replaced) == ("acquired", ())
+    result = store.node_sync(b, held=[], wanted=[], ttl=TTL, runs=[outcome.run], now=nxt + 2)
+    assert result.runs_stop == ()
+
+
+def test_every_replacing_claimer_of_the_tick_asks_the_earlier_runs_to_stop(store, a, b, c):
+    going = must_claim(store, a, T, ttl=3 * PERIOD)
+    nxt = T + PERIOD
+    first = claim(store, b, nxt, tick=nxt, replace_earlier=True)
+    second = claim(store, c, nxt + 1, tick=nxt, replace_earlier=True)
+    assert (first.replaced, second.replaced) == ((going.token,), (going.token,))
+    assert sorted(r.slot for r in records(store, tick=nxt)) == [0, 1]
+
+
+def test_cron_earlier_running_counts_until_the_replaced_runs_are_stopped(store, a, b, c):
+    long = 3 * PERIOD
+    stays = must_claim(store, a, T, ttl=long, max_run=2)
+    dies = must_claim(store, b, T, ttl=TTL, max_run=2)  # its node never renews it
+    nxt = T + PERIOD
+    assert store.cron_earlier_running(W, nxt, now=T + 5) == 2
+    assert store.cron_earlier_running(W, nxt, now=T + TTL) == 1  # expires_at <= now: gone
+    assert store.cron_earlier_running(W, T, now=T + 5) == 0  # the same tick is not earlier
+    assert store.cron_earlier_running("other-job", nxt, now=T + 5) == 0
+    new = claim(store, c, nxt, tick=nxt, ttl=long, replace_earlier=True)
+    assert new.replaced == (stays.token,)
+    assert store.cron_earlier_running(W, nxt, now=nxt) == 1  # the new run waits
+    assert store.cron_earlier_running(W, nxt + PERIOD, now=nxt) == 2  # and counts, later on
+    assert store.cron_finish(stays, "stopped", reason="replaced", now=nxt + 1)
+    assert store.cron_earlier_running(W, nxt, now=nxt + 1) == 0  # start the child now
+    assert record_of(store, dies).state == "running"  # by its row; by its expiry, gone
+
+
+def test_cron_earlier_running_drops_to_0_when_a_replaced_run_expires(store, a, b):
+    going = must_claim(store, a, T, ttl=PERIOD + TTL)  # its node dies, never renews
+    nxt = T + PERIOD
+    assert claim(store, b, nxt, tick=nxt, replace_earlier=True).replaced == (going.token,)
+    assert store.cron_earlier_running(W, nxt, now=going.expires_at - 0.001) == 1
+    assert store.cron_earlier_running(W, nxt, now=going.expires_at) == 0
+    store.maintain(KEEP, now=going.expires_at)
+    assert record_of(store, going).state == "lost"
+    assert store.cron_earlier_running(W, nxt, now=going.expires_at) == 0
+
+
+def test_forbid_and_replace_at_once_is_a_value_error(store, a):
+    with pytest.raises(ValueError):
+        claim(store, a, T, forbid_overlap=True, replace_earlier=True)
+    assert store.cron_runs() == []
+
+
+def test_replacing_an_earlier_tick_after_a_later_one_ran_is_superseded(store, a, b, c):
+    wide = 3 * PERIOD  # a grace wider than the period: two ticks claimable at once
+    nxt = T + PERIOD
+    first = must_claim(store, a, T, grace=wide, max_run=2, ttl=3 * PERIOD)
+    later = claim(store, b, nxt, tick=nxt, grace=wide, replace_earlier=True)
+    assert later.replaced == (first.token,)
+    # a late node must not start what a later tick has replaced: the run of nxt would
+    # wait for it, and nobody would ask it to stop
+    assert refused(store, c, nxt + 1, grace=wide, max_run=2, replace_earlier=True) == "overlap"
+    assert [r.token for r in records(store, tick=T)] == [first.token]  # ran: no skip record
+    older = T - PERIOD  # nobody ran it: recorded skipped, once, and final
+    assert refused(store, c, nxt + 2, tick=older, grace=wide, replace_earlier=True) == "overlap"
+    assert refused(store, a, nxt + 3, tick=older, grace=wide) == "overlap"
+    assert [(r.state, r.slot) for r in records(store, tick=older)] == [("skipped", -1)]
+
+
 # --- cron_finish ---------------------------------------------------------------------------
 
 
@@ -467,6 +597,80 @@ def test_cron_runs_filter_by_worker_literally(store, a):
     assert store.cron_runs(worker="nobody") == []
 
 
+# --- interleavings --------------------------------------------------------------------------
+#
+# A test pauses one store inside its transaction (at a named step of SqlStore) and lets
+# another run into it. Joining with a short timeout gives the second the time to do so; it
+# never decides the outcome.
+
+
+def paused(store: SqlStore, step: str) -> tuple[threading.Event, threading.Event]:
+    """Make `store` stop inside its transaction right after `step`, until released."""
+    reached, release = threading.Event(), threading.Event()
+    original = getattr(store, step)
+
+    def pause(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        reached.set()
+        assert release.wait(20), f"{step}: never released"
+        return result
+
+    setattr(store, step, pause)
+    return reached, release
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the test, which fails on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def finished(thread: threading.Thread, outcome: list[object]) -> object:
+    thread.join(20)
+    assert not thread.is_alive() and len(outcome) == 1, "the call did not finish"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def test_an_earlier_tick_claimed_while_a_later_one_replaces_it_is_never_left_running(
+        database_url, store, a, b):
+    # Two ticks claimable at once (grace wider than the period): whichever way the
+    # database orders the two claims, the earlier tick's run is either undone (and the
+    # tick recorded skipped) or asked to stop by the later one, never left running unasked.
+    wide, long, nxt = 3 * PERIOD, 3 * PERIOD, T + PERIOD
+    claimer = SqlStore(database_url)
+    try:
+        reached, release = paused(claimer, "_insert_run")
+        earlier = in_thread(lambda: claim(claimer, a, nxt + 1, grace=wide, ttl=long,
+                                          replace_earlier=True))
+        assert reached.wait(20), "the claim of the earlier tick never inserted its run"
+        later = in_thread(lambda: claim(store, b, nxt + 1, tick=nxt, grace=wide, ttl=long,
+                                        replace_earlier=True))
+        later[0].join(0.5)
+        release.set()
+        first = finished(*earlier)
+        second = finished(*later)
+    finally:
+        claimer.close()
+    assert isinstance(first, ClaimOutcome) and isinstance(second, ClaimOutcome)
+    assert second.result == "acquired", second
+    if first.result == "acquired":  # committed first: the later claim saw it and asked
+        assert first.run is not None and second.replaced == (first.run.token,)
+    else:  # the later claim committed first: the earlier one undid its run
+        assert first == ClaimOutcome("overlap"), first
+        assert [(r.state, r.slot) for r in records(store, tick=T)] == [("skipped", -1)]
+        assert second.replaced == ()
+
+
 # --- races between processes ---------------------------------------------------------------
 
 
@@ -548,3 +752,70 @@ def test_20_claimers_on_a_forbidden_overlap_record_one_skipped_and_run_nothing(
     assert sorted(str(entry[1]) for entry in by_round[1]) == ["overlap"] * claimers, by_round[1]
     rows = records(store, "solo", tick=plan[1][0])
     assert [(r.state, r.slot) for r in rows] == [("skipped", -1)], rows
+
+
+# --- the migration that added the stop request ---------------------------------------------
+
+
+def migrate(url: str, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run an Alembic step on `url` as SqlStore.upgrade() does, to any revision."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", "supervisor.store:migrations")
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_from_0002_keeps_cron_history_and_adds_the_stop_request(database_url, a, b):
+    migrate(database_url, command.upgrade, "0002")
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:  # rows as a 0002 fleet wrote them
+            for slot, state, holder, ended in ((0, "running", a, None),
+                                               (1, "succeeded", b, T + 5),
+                                               (-1, "missed", None, T + GRACE)):
+                conn.execute(text(
+                    "INSERT INTO fs_cron_runs (worker, tick, slot, node_slot, holder_node,"
+                    " holder_group, holder_pid, holder_nonce, state, claimed_at, expires_at,"
+                    " ended_at) VALUES (:w, :tick, :slot, :ns, :node, :grp, :pid, :nonce,"
+                    " :state, :at, :exp, :ended)"),
+                    {"w": W, "tick": T if slot >= 0 else T - PERIOD, "slot": slot,
+                     "ns": 0 if holder else None, "node": holder and holder.node_id,
+                     "grp": holder and holder.group, "pid": holder and holder.pid,
+                     "nonce": holder and holder.nonce, "state": state, "at": T,
+                     "exp": T + 3 * PERIOD if holder else None, "ended": ended})
+    finally:
+        engine.dispose()
+    store = SqlStore(database_url)
+    try:
+        before = {(r.token, r.tick, r.slot, r.state, r.holder) for r in records(store)}
+        assert len(before) == 3
+        store.upgrade()
+        assert {(r.token, r.tick, r.slot, r.state, r.holder) for r in records(store)} == before
+        [old] = [r for r in records(store) if r.state == "running"]
+        going = CronRun(old.token, W, old.tick, old.slot, a, T + 3 * PERIOD)
+        synced = store.node_sync(a, held=[], wanted=[], ttl=3 * PERIOD, runs=[going],
+                                 now=T + 1)
+        assert (set(synced.runs_kept), synced.runs_stop) == ({old.token}, ())  # default 0
+        nxt = T + PERIOD
+        new = claim(store, b, nxt, tick=nxt, replace_earlier=True)
+        assert new.replaced == (old.token,)
+        assert new.run is not None and new.run.token > max(token for token, *_ in before)
+        asked = store.node_sync(a, held=[], wanted=[], ttl=3 * PERIOD, runs=[going],
+                                now=nxt + 1)
+        assert asked.runs_stop == (old.token,)
+    finally:
+        store.close()
+    migrate(database_url, command.downgrade, "0002")  # and back: rows kept either way
+    migrate(database_url, command.upgrade, "head")
+    again = SqlStore(database_url)
+    try:
+        assert len(records(again)) == 4
+        assert record_of(again, going).state == "running"
+    finally:
+        again.close()
