@@ -105,7 +105,7 @@ class CronRun:
 class ClaimOutcome:
     """What a claim attempt got: `acquired` (with the run), or why not:
     `early` (the tick is not due by the database's clock), `missed` (past
-    misfire_grace: recorded, never run late), `full`
+    misfire_grace, or already recorded missed: recorded once, never run late), `full`
     (max_run slots taken, or this node has max_per_node of them), `overlap` (forbidden:
     a run of an earlier tick is still going fleet-wide; or, replacing, a later tick
     already has runs, so this one is superseded; the tick is recorded `skipped` unless
@@ -117,6 +117,14 @@ class ClaimOutcome:
     result: str
     run: CronRun | None = None
     replaced: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CronRecorded:
+    """Which ticks of a worker the database has any row for (runs or tick-level records)."""
+
+    first_tick: float | None  # the smallest tick with any row; None when the worker has none
+    ticks: frozenset[float]  # the distinct ticks with any row, after `since`
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,8 @@ class CoordinationStore(Protocol):
     ) -> ClaimOutcome:
         """Claim a free slot of the tick, in database time: due (`tick <= now`) and within
         grace (`now < tick + grace`). At most max_run runs per tick fleet-wide, each a row
-        unique on (worker, tick, slot); at most max_per_node of them for this node.
+        unique on (worker, tick, slot); at most max_per_node of them for this node. A tick
+        with a tick-level record (missed, skipped) is never claimed.
 
         `forbid_overlap` (overlap = forbid): while a run of an earlier tick of the worker
         is still running and unexpired, the tick is recorded skipped instead.
@@ -254,6 +263,27 @@ class CoordinationStore(Protocol):
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
         """Cron history, newest tick first."""
+
+    def cron_recorded(self, worker: str, since: float) -> CronRecorded:
+        """The worker's earliest tick with any row, and its distinct ticks after `since`
+        (`tick > since`) with any row, run or tick-level: at startup or after an outage,
+        the ticks in between that have none are the ones nobody touched."""
+
+    def cron_record_missed(
+        self,
+        worker: str,
+        ticks: Sequence[float],
+        *,
+        grace: float,
+        reason: str,
+        now: float | None = None,
+    ) -> list[float]:
+        """Record each of `ticks` that is past its grace (`tick + grace <= now`, database
+        time) and has neither a run nor a tick-level record as `missed` (slot -1, with
+        `reason`), in one transaction; ticks still inside their grace are left alone.
+        Returns the ticks this call recorded, sorted. Safe when many nodes call it at once
+        and while others claim: a tick gets at most one tick-level record, and never one
+        beside a run."""
 
     def close(self) -> None:
         """Release connections."""

@@ -8,6 +8,10 @@ Invariants, each enforced by the database in the claim's own transaction:
 - a claim is made only while the tick is due and inside misfire_grace by the
   database's clock; a tick nobody claimed in time is recorded `missed` (slot -1),
   once, and never run late;
+- a tick-level record (missed, skipped) is final and never stands beside a run: its
+  writer holds the tick's slot-0 key (`_hold_tick`) before it looks for runs, and a
+  claim looks again for a tick-level record after inserting its run, so whichever of
+  the two commits second sees the other;
 - overlap = replace: the claim that acquires a slot asks the worker's earlier running
   runs to stop (`stop_requested`), in its own transaction; their holders read it back
   when they renew them in node_sync;
@@ -26,14 +30,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from supervisor.store import ClaimOutcome, CronRun, CronRunRecord, Holder
+from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
 from supervisor.store.dbclock import _claim, _now
 from supervisor.store.schema import cron_runs
 
 T = TypeVar("T")
 RUNNING = "running"
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
+MISSED_REASON = "nobody could run it within misfire_grace"
 SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
+_REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> claim result
 
 
 class CronSql:
@@ -67,30 +73,32 @@ class CronSql:
             if db_now < tick:
                 return ClaimOutcome("early")
             if db_now >= tick + grace:
-                if not self._tick_ran(conn, worker, tick):
-                    self._record_tick(conn, worker, tick, "missed",
-                                      "nobody could run it within misfire_grace", now)
+                self._record_tick(conn, worker, tick, "missed", MISSED_REASON, now)
                 return ClaimOutcome("missed")
-            if self._tick_state(conn, worker, tick) == "skipped":
-                return ClaimOutcome("overlap")  # a skip is final, like a miss: never run late
+            decided = self._tick_state(conn, worker, tick)
+            if decided is not None:  # missed or skipped is final: never run late
+                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
                                   "overlap forbidden: a run of an earlier tick is still going",
                                   now)
                 return ClaimOutcome("overlap")
             if replace_earlier and self._later_ran(conn, worker, tick):
-                if not self._tick_ran(conn, worker, tick):
-                    self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
+                self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
                 return ClaimOutcome("overlap")
             outcome = self._take_slot(conn, worker, tick, holder, max_run, max_per_node, ttl,
                                       now)
             if outcome.run is None:
                 return outcome
-            # A fresh statement sees a later tick's run committed meanwhile: undo, never run.
+            # A fresh statement sees what others committed while our insert waited on them
+            # (a tick-level record, see _record_tick; a later tick's run): undo, never run.
+            decided = self._tick_state(conn, worker, tick)
+            if decided is not None:
+                conn.execute(delete(cron_runs).where(cron_runs.c.token == outcome.run.token))
+                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
             if replace_earlier and self._later_ran(conn, worker, tick):
                 conn.execute(delete(cron_runs).where(cron_runs.c.token == outcome.run.token))
-                if not self._tick_ran(conn, worker, tick):
-                    self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
+                self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
                 return ClaimOutcome("overlap")
             if replace_earlier:
                 return ClaimOutcome("acquired", outcome.run,
@@ -214,13 +222,84 @@ class CronSql:
         return int(found)
 
     def _record_tick(self, conn: Connection, worker: str, tick: float, state: str,
-                     reason: str, now: float | None) -> None:
-        """A tick-level record (slot -1): missed or skipped, written once per tick."""
+                     reason: str, now: float | None) -> bool:
+        """A tick-level record (slot -1): missed or skipped, written once per tick and never
+        beside a run. True if this call wrote it.
+
+        A claim decides by the clock before it inserts, and commits later: checking for
+        runs alone could miss one still being inserted. `_hold_tick` serialises this
+        transaction with any claim inserting the tick's first run, so either the check
+        below sees that run, or that claim's re-check sees this record and undoes itself.
+        """
+        if self._tick_state(conn, worker, tick) is not None or self._tick_ran(conn, worker,
+                                                                               tick):
+            return False
+        self._hold_tick(conn, worker, tick)
+        if self._tick_ran(conn, worker, tick):
+            return False
+        claim = _claim()
         clock = _now(now)
         self._insert_if_absent(conn, {
-            "worker": worker, "tick": tick, "slot": -1, "state": state, "reason": reason,
-            "claimed_at": clock, "ended_at": clock,
+            "worker": worker, "tick": tick, "slot": -1, "state": state,
+            "reason": reason[:255], "claim": claim, "claimed_at": clock, "ended_at": clock,
         })
+        return conn.execute(
+            select(cron_runs.c.token).where(cron_runs.c.worker == worker,
+                                            cron_runs.c.tick == tick, cron_runs.c.slot == -1,
+                                            cron_runs.c.claim == claim)
+        ).first() is not None
+
+    def _hold_tick(self, conn: Connection, worker: str, tick: float) -> None:
+        """Take the tick's slot-0 key until commit: insert a placeholder there if absent and
+        delete it again. Every run of a tick is in slot 0 or came after a committed slot 0,
+        so a claim inserting the tick's first run and this transaction wait for each other
+        on the unique key, and whichever goes second sees what the first committed.
+        (MariaDB: ON DUPLICATE KEY takes an exclusive lock where INSERT IGNORE would share
+        one, so several callers queue instead of deadlocking.)"""
+        claim = _claim()
+        row = {"worker": worker, "tick": tick, "slot": 0, "state": "placeholder",
+               "claim": claim, "claimed_at": 0.0}
+        if self.backend in ("postgresql", "sqlite"):
+            upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(cron_runs)
+            conn.execute(upsert.values(row).on_conflict_do_nothing())
+        else:
+            conn.execute(mysql_insert(cron_runs).values(row)
+                         .on_duplicate_key_update(claim=cron_runs.c.claim))
+        conn.execute(delete(cron_runs).where(cron_runs.c.worker == worker,
+                                             cron_runs.c.tick == tick, cron_runs.c.slot == 0,
+                                             cron_runs.c.claim == claim))
+
+    def cron_recorded(self, worker: str, since: float) -> CronRecorded:
+        def work(conn: Connection) -> CronRecorded:
+            first = conn.execute(
+                select(func.min(cron_runs.c.tick)).where(cron_runs.c.worker == worker)
+            ).scalar()
+            ticks = conn.execute(
+                select(cron_runs.c.tick).distinct()
+                .where(cron_runs.c.worker == worker, cron_runs.c.tick > since)
+            ).scalars()
+            return CronRecorded(None if first is None else float(first),
+                                frozenset(float(tick) for tick in ticks))
+
+        return self._run(work)
+
+    def cron_record_missed(
+        self,
+        worker: str,
+        ticks: Sequence[float],
+        *,
+        grace: float,
+        reason: str,
+        now: float | None = None,
+    ) -> list[float]:
+        def work(conn: Connection) -> list[float]:
+            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            # In tick order, so that callers with overlapping lists queue, never deadlock.
+            return [tick for tick in sorted(set(ticks))
+                    if db_now >= tick + grace  # the claim's own test for "past grace"
+                    and self._record_tick(conn, worker, tick, "missed", reason, now)]
+
+        return self._run(work)
 
     def cron_finish(
         self,

@@ -6,8 +6,9 @@ their claim at the same moment, on the real database clock. Each reports what it
 queue as a plain tuple, and an unexpected exception as its formatted traceback, so the test
 in the parent can judge every round.
 
-Rounds: all claim the round's tick -> barrier (everyone has tried) -> next round. Runs are
-left running (ttl longer than the test), so a slot taken in a round is never freed in it.
+Rounds: all claim the round's tick (or record the round's ticks missed) -> barrier
+(everyone has tried) -> next round. Runs are left running (ttl longer than the test), so a
+slot taken in a round is never freed in it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def claim(url: str, index: int, worker: str, plan: list[tuple[float, float, bool
                              None if run is None else run.slot,
                              None if run is None else run.token,
                              holder.nonce))
+                start.wait(BARRIER_TIMEOUT)  # everyone has tried
+        finally:
+            store.close()
+    except BaseException:
+        start.abort()
+        results.put(("error", index, traceback.format_exc()))
+
+
+def record_missed(url: str, index: int, worker: str, plan: list[list[float]], grace: float,
+                  start: Barrier, results: Queue[tuple[object, ...]]) -> None:
+    """For each list of ticks in `plan`, one round: cron_record_missed of those ticks, all
+    at once. Reports ("round", index, round, the ticks this caller recorded)."""
+    try:
+        store = SqlStore(url)
+        try:
+            store.db_now()  # connect before the start line, so the race is about the rows
+            for round_, ticks in enumerate(plan):
+                start.wait(BARRIER_TIMEOUT)
+                recorded = store.cron_record_missed(worker, ticks, grace=grace,
+                                                    reason=f"caller {index} after an outage")
+                results.put(("round", index, round_, tuple(recorded)))
                 start.wait(BARRIER_TIMEOUT)  # everyone has tried
         finally:
             store.close()

@@ -2,12 +2,13 @@
 
 Guarantees 6 and 9 of SPEC.md, as the store protocol (supervisor/store/__init__.py) states
 them: cron_claim (overlap forbid and replace), cron_earlier_running, cron_finish, cron_runs,
-node_sync(runs=...) and maintain, and the migration that added the stop request. Each test
-gets its own empty database on every backend (tests/databases.py) and talks to SqlStore
-through the protocol only, except the interleaving tests, which pause one store inside its
-transaction at a named step. Time is pinned with `now=` wherever timing matters, so nothing
-sleeps; races run as competing processes (tests/integration/cron_race.py) started together
-behind a barrier on the real database clock.
+cron_recorded, cron_record_missed, node_sync(runs=...) and maintain, and the migration that
+added the stop request. Each test gets its own empty database on every backend
+(tests/databases.py) and talks to SqlStore through the protocol only, except the
+interleaving tests, which pause one store inside its transaction at a named step. Time is
+pinned with `now=` wherever timing matters, so nothing sleeps; races run as competing
+processes (tests/integration/cron_race.py) started together behind a barrier on the real
+database clock.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from supervisor.store import ClaimOutcome, CronRun, CronRunRecord, Holder
+from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
 from supervisor.store.sql import SqlStore
 from tests.integration import cron_race
 from tests.integration.stores import EPS, approx, make_holder
@@ -597,11 +598,100 @@ def test_cron_runs_filter_by_worker_literally(store, a):
     assert store.cron_runs(worker="nobody") == []
 
 
-# --- interleavings --------------------------------------------------------------------------
+# --- cron_recorded and cron_record_missed --------------------------------------------------
+
+
+def test_cron_recorded_of_a_worker_without_rows_is_empty(store, a):
+    must_claim(store, a, T, worker="other-job")
+    assert store.cron_recorded(W, since=0.0) == CronRecorded(first_tick=None,
+                                                             ticks=frozenset())
+
+
+def test_cron_recorded_gives_the_first_tick_and_every_tick_with_a_row_after_since(
+        store, a, b):
+    wide = 10 * PERIOD
+    odd = T + PERIOD + 0.25  # ticks are instants, not whole seconds
+    must_claim(store, a, T, grace=wide, max_run=2)
+    must_claim(store, b, T, grace=wide, max_run=2)  # two runs, one tick
+    must_claim(store, a, odd, tick=odd, grace=wide)
+    assert claim(store, a, T + 4 * PERIOD, tick=T + 2 * PERIOD) == ClaimOutcome("missed")
+    must_claim(store, a, T + 3 * PERIOD, tick=T + 3 * PERIOD - 1, ttl=1000 * PERIOD,
+               grace=wide)
+    assert refused(store, b, T + 3 * PERIOD, tick=T + 3 * PERIOD,
+                   forbid_overlap=True) == "overlap"  # skipped
+    must_claim(store, a, T - PERIOD, tick=T - PERIOD, worker="other-job")
+    got = store.cron_recorded(W, since=T)  # tick > since: T itself is not after it
+    assert got.first_tick == T
+    assert got.ticks == frozenset({odd, T + 2 * PERIOD, T + 3 * PERIOD - 1, T + 3 * PERIOD})
+    assert store.cron_recorded(W, since=T - 0.001).ticks == got.ticks | {T}
+    assert store.cron_recorded(W, since=T + 4 * PERIOD) == CronRecorded(T, frozenset())
+    store.maintain(1.0, now=T + 100 * PERIOD)  # history pruned: the first tick moves on
+    assert store.cron_recorded(W, since=0.0).first_tick == T + 3 * PERIOD - 1  # still going
+
+
+def test_record_missed_records_ticks_past_grace_and_leaves_the_rest_alone(store, a, b):
+    now = T + 10 * PERIOD
+    ran = now - 5 * PERIOD
+    skipped = now - 4 * PERIOD
+    untouched = now - 3 * PERIOD
+    edge = now - GRACE  # tick + grace <= now: past grace, as cron_claim judges it
+    in_grace = now - GRACE + 0.5
+    not_due = now + PERIOD
+    run = must_claim(store, a, ran, tick=ran, ttl=10 * PERIOD)
+    assert refused(store, b, skipped, tick=skipped, forbid_overlap=True) == "overlap"
+    asked = [not_due, in_grace, edge, untouched, skipped, ran, untouched]
+    got = store.cron_record_missed(W, asked, grace=GRACE, reason="down 10 minutes", now=now)
+    assert got == [untouched, edge]
+    assert [(r.token, r.state) for r in records(store, tick=ran)] == [(run.token, "running")]
+    assert [(r.state, r.slot) for r in records(store, tick=skipped)] == [("skipped", -1)]
+    for tick in (untouched, edge):
+        [missed] = records(store, tick=tick)
+        assert (missed.worker, missed.state, missed.slot, missed.holder) == (
+            W, "missed", -1, None)
+        assert (missed.reason, missed.exit_code) == ("down 10 minutes", None)
+        assert missed.claimed_at == approx(now)
+        assert missed.ended_at == approx(now)
+    assert records(store, tick=in_grace) == [] and records(store, tick=not_due) == []
+    assert must_claim(store, a, now, tick=in_grace).slot == 0  # left alone: still claimable
+    assert store.cron_record_missed(W, asked, grace=GRACE, reason="again", now=now + 1) == []
+    assert len(records(store, tick=edge)) == 1
+
+
+def test_a_tick_recorded_missed_is_never_claimed(store, a):
+    now = T + GRACE
+    assert store.cron_record_missed(W, [T], grace=GRACE, reason="outage", now=now) == [T]
+    assert claim(store, a, now + 1) == ClaimOutcome("missed")
+    # even by a claimer whose clock still has it inside the grace: the record is final
+    assert claim(store, a, T + 1) == ClaimOutcome("missed")
+    assert claim(store, a, T + 2, replace_earlier=True) == ClaimOutcome("missed")
+    assert [(r.state, r.slot) for r in records(store)] == [("missed", -1)]
+
+
+def test_a_tick_that_runs_is_never_recorded_skipped(store, a, b, c):
+    # With a grace wider than the period, an earlier tick can start after a later one did;
+    # a forbid claimer of the later tick then sees it running, but the tick already runs.
+    wide, nxt = 3 * PERIOD, T + PERIOD
+    run = must_claim(store, a, nxt, tick=nxt, grace=wide, forbid_overlap=True)
+    must_claim(store, b, nxt + 1, grace=wide, ttl=wide)  # the earlier tick, late
+    assert refused(store, c, nxt + 2, tick=nxt, grace=wide, forbid_overlap=True) == "overlap"
+    assert [(r.token, r.state) for r in records(store, tick=nxt)] == [(run.token, "running")]
+
+
+def test_record_missed_is_per_worker_and_takes_an_empty_list(store, a):
+    must_claim(store, a, T, worker="other-job")
+    assert store.cron_record_missed(W, [], grace=GRACE, reason="x", now=T + GRACE) == []
+    assert store.cron_record_missed(W, [T], grace=GRACE, reason="x", now=T + GRACE) == [T]
+    assert [r.state for r in records(store, worker="other-job")] == ["running"]
+    assert [r.state for r in records(store)] == ["missed"]
+
+
+# --- interleavings: a claim and a missed record at the end of the grace ---------------------
 #
-# A test pauses one store inside its transaction (at a named step of SqlStore) and lets
-# another run into it. Joining with a short timeout gives the second the time to do so; it
-# never decides the outcome.
+# A claim decides "inside the grace" by the clock, then inserts its run and commits; a
+# recorder decides "past the grace" a moment later. Each test pauses one of them inside its
+# transaction (at a named step of SqlStore) and lets the other run into it: the second must
+# wait for the first, then see what it committed. Joining with a short timeout is how the
+# test checks that it waits; it never decides the outcome.
 
 
 def paused(store: SqlStore, step: str) -> tuple[threading.Event, threading.Event]:
@@ -639,6 +729,49 @@ def finished(thread: threading.Thread, outcome: list[object]) -> object:
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def test_a_recorder_waits_for_a_claim_inserting_its_run_and_then_records_nothing(
+        database_url, store, a):
+    claimer = SqlStore(database_url)
+    try:
+        reached, release = paused(claimer, "_insert_run")
+        claiming = in_thread(lambda: claim(claimer, a, T + GRACE - 0.001))
+        assert reached.wait(20), "the claim never inserted its run"
+        recording = in_thread(lambda: store.cron_record_missed(
+            W, [T], grace=GRACE, reason="outage", now=T + GRACE + 1))
+        recording[0].join(0.5)
+        waited = recording[0].is_alive()
+        release.set()
+        outcome = finished(*claiming)
+        recorded = finished(*recording)
+    finally:
+        claimer.close()
+    assert isinstance(outcome, ClaimOutcome) and outcome.result == "acquired", outcome
+    assert waited, "the recorder did not wait for the claim's transaction"
+    assert recorded == []
+    assert [(r.state, r.slot) for r in records(store)] == [("running", 0)]
+
+
+def test_a_claim_running_into_a_recorder_of_its_tick_does_not_run_it(database_url, store, a):
+    recorder = SqlStore(database_url)
+    try:
+        reached, release = paused(recorder, "_hold_tick")
+        recording = in_thread(lambda: recorder.cron_record_missed(
+            W, [T], grace=GRACE, reason="outage", now=T + GRACE + 1))
+        assert reached.wait(20), "the recorder never held the tick"
+        claiming = in_thread(lambda: claim(store, a, T + GRACE - 0.001))
+        claiming[0].join(0.5)
+        waited = claiming[0].is_alive()
+        release.set()
+        recorded = finished(*recording)
+        outcome = finished(*claiming)
+    finally:
+        recorder.close()
+    assert waited, "the claim did not wait for the recorder's transaction"
+    assert recorded == [T]
+    assert outcome == ClaimOutcome("missed")
+    assert [(r.state, r.slot) for r in records(store)] == [("missed", -1)]
 
 
 def test_an_earlier_tick_claimed_while_a_later_one_replaces_it_is_never_left_running(
@@ -752,6 +885,36 @@ def test_20_claimers_on_a_forbidden_overlap_record_one_skipped_and_run_nothing(
     assert sorted(str(entry[1]) for entry in by_round[1]) == ["overlap"] * claimers, by_round[1]
     rows = records(store, "solo", tick=plan[1][0])
     assert [(r.state, r.slot) for r in rows] == [("skipped", -1)], rows
+
+
+@pytest.mark.timeout(240)
+def test_12_recorders_of_the_same_ticks_at_once_record_each_missed_once(store, database_url, a):
+    callers, grace, worker = 12, 60.0, "outage"
+    base = store.db_now()
+    ran = base - 1000.0
+    must_claim(store, a, ran + 1, tick=ran, worker=worker, ttl=10_000.0)
+    in_grace = base - 1.0  # due, inside its grace for the whole test: never recorded
+    first = [base - 300.0 - 10 * i for i in range(6)]
+    second = first[3:] + [base - 200.0 - 10 * i for i in range(4)]  # half of it done
+    plan = [[*first, ran, in_grace], [in_grace, *second, ran]]
+    args = [(database_url, i, worker, [list(reversed(ticks)) if i % 2 else ticks
+                                       for ticks in plan], grace)
+            for i in range(callers)]
+    messages = run_contenders(cron_race.record_missed, args, expected=callers * len(plan),
+                              within=150)
+    by_round: dict[int, list[float]] = {}
+    for _, _index, round_, recorded in messages:
+        assert list(recorded) == sorted(recorded), recorded
+        by_round.setdefault(round_, []).extend(recorded)
+    new = [first, second[3:]]
+    for round_, ticks in enumerate(new):
+        got = by_round.get(round_, [])
+        assert sorted(got) == sorted(ticks), f"round {round_}: recorded {sorted(got)}"
+    for tick in first + second:
+        rows = records(store, worker, tick=tick)
+        assert [(r.state, r.slot) for r in rows] == [("missed", -1)], (tick, rows)
+    assert [r.state for r in records(store, worker, tick=ran)] == ["running"]
+    assert records(store, worker, tick=in_grace) == []
 
 
 # --- the migration that added the stop request ---------------------------------------------
