@@ -52,7 +52,8 @@ T = TypeVar("T")
 
 _JITTER = 0.1  # a follower's retry interval varies by +-10 %, so nodes do not march in step
 _UPGRADE_BACKOFF = (0.5, 15.0)
-_MAINTAIN_EVERY = 30.0  # seconds between history upkeep passes (closing and pruning terms)
+_MAINTAIN_EVERY = 30.0  # seconds between history upkeep passes (closing terms and runs,
+# pruning), or two lease TTLs if shorter: a dead node's run shows as lost soon after expiry
 
 
 @dataclass
@@ -318,7 +319,8 @@ class LeaseKeeper:
         now = asyncio.get_running_loop().time()
         if now < self._next_upkeep:
             return
-        self._next_upkeep = now + _MAINTAIN_EVERY * (1 + random.random())
+        every = min(_MAINTAIN_EVERY, 2 * self.timing.lease_ttl)
+        self._next_upkeep = now + every * (1 + random.random())
         with contextlib.suppress(StoreError):
             await self._call(self.store.maintain, self._history_keep,
                              within=self.timing.renew_deadline)

@@ -1,0 +1,359 @@
+"""cron mode with real supervisors (SPEC.md guarantees 6 and 9), judged by what the
+runs themselves record (tests/workers/cronprobe.py) and by the database's history.
+
+- 5 nodes, a tick every 2 s, max_run 2, for 30 s: every inner tick has exactly 2 runs,
+  on 2 different nodes, in slots 0 and 1;
+- kill -9 of a node mid-run: its run becomes `lost`, no tick ever gets more than max_run;
+- every node down across ticks, then back: the ticks nobody could run in time are
+  recorded `missed`, and `catch_up` decides which ticks still in grace run late;
+- overlap = forbid with runs longer than the period: never two runs at once (a shared
+  flock held by each run), the ticks in between recorded `skipped`;
+- overlap = replace: the old run is stopped before the new one starts;
+- timeout: a run that lasts too long is stopped and recorded `timed_out`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.store import CronRunRecord
+from supervisor.store.sql import SqlStore
+from tests.conftest import PYTHON, WORKERS, wait_until
+from tests.support.fleet import FAST, Fleet, ProbeLog, _toml
+
+pytestmark = pytest.mark.slow
+
+SLACK = 3.0  # process start-up on a loaded 2-core machine
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One line of a cron probe log."""
+
+    kind: str  # start | OVERLAP | end
+    node: str
+    pid: int
+    token: int
+    tick: float
+    slot: int
+    at: float
+
+
+def parse_cron_log(text: str) -> list[RunEvent]:
+    events = []
+    for line in text.split("\n")[:-1]:
+        kind, node, pid, token, tick, slot, at = line.split()
+        stamp = datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp()
+        events.append(RunEvent(kind, node, int(pid), int(token), stamp, int(slot), float(at)))
+    return events
+
+
+class CronFleet(Fleet):
+    """Nodes that all run one cron worker, `job`, with the cron probe: each run lasts
+    `run_seconds`; with `lock`, each holds a flock shared by every run (overlap checks)."""
+
+    def __init__(self, directory: Path, database_url: str, *, run_seconds: float,
+                 lock: bool = False, **worker: object) -> None:
+        super().__init__(directory, database_url)
+        self.worker = worker
+        self.log = ProbeLog(directory, "cron")
+        self.env = {"PROBE_LOG": str(self.log.path), "CRON_RUN_SECONDS": str(run_seconds)}
+        if lock:
+            self.env["PROBE_LOCK"] = str(self.log.lock)
+
+    def config(self, name: str, *, group: str, mode: str, probe: ProbeLog, database_url: str,
+               worker_env: Mapping[str, str]) -> str:
+        options = dict(self.worker)
+        env = {**self.env, **worker_env}
+        env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
+        command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / "cronprobe.py")))
+        keys = "".join(f"{key} = {_toml(value) if isinstance(value, str) else value}\n"
+                       for key, value in options.items())
+        return (
+            f"node_id = {_toml(name)}\n"
+            f"group = {_toml(group)}\n"
+            f"database_url = {_toml(database_url)}\n\n"
+            f"{self.timings.toml()}\n"
+            "[metrics]\nenabled = false\n\n"
+            "[workers.job]\n"
+            f"command = [{command}]\n"
+            'mode = "cron"\n'
+            'stop_timeout = "5s"\n'
+            f"{keys}"
+            f"env = {{ {env_toml} }}\n"
+        )
+
+    def runs(self) -> list[RunEvent]:
+        return parse_cron_log(self.log.path.read_text())
+
+    def history(self) -> list[CronRunRecord]:
+        store = SqlStore(self.database_url)
+        try:
+            store.upgrade()  # the nodes may not have created the schema yet
+            return store.cron_runs(worker="job", limit=10_000)
+        finally:
+            store.close()
+
+    def start_nodes(self, *names: str) -> None:
+        for name in names:
+            self.node(name)
+        for name in names:
+            self.nodes[name].wait_started()
+
+    def cron_report(self) -> str:
+        rows = "\n".join(f"  {r.tick:.1f} slot {r.slot} {r.state} "
+                         f"{r.holder.node_id if r.holder else '-'} token {r.token} {r.reason}"
+                         for r in sorted(self.history(), key=lambda r: (r.tick, r.slot)))
+        return (f"=== cron log ===\n{self.log.path.read_text()}\n=== history ===\n{rows}\n"
+                + self.report())
+
+
+MakeFleet = Callable[..., CronFleet]
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path, database_url: str) -> Iterator[MakeFleet]:
+    made: list[CronFleet] = []
+
+    def make(**options: Any) -> CronFleet:
+        fleet = CronFleet(tmp_path, database_url, **options)
+        made.append(fleet)
+        return fleet
+
+    try:
+        yield make
+    finally:
+        for fleet in made:
+            fleet.close()
+            print(fleet.cron_report())  # shown by pytest when the test failed
+
+
+def starts_by_tick(events: list[RunEvent]) -> dict[float, list[RunEvent]]:
+    by_tick: dict[float, list[RunEvent]] = defaultdict(list)
+    for event in events:
+        if event.kind == "start":
+            by_tick[event.tick].append(event)
+    return by_tick
+
+
+def assert_at_most(by_tick: Mapping[float, list[RunEvent]], max_run: int,
+                   report: str = "") -> None:
+    for tick, starts in by_tick.items():
+        assert len(starts) <= max_run, f"tick {tick}: {len(starts)} runs > {max_run}\n{report}"
+        assert len({s.slot for s in starts}) == len(starts), f"tick {tick}: a slot ran twice"
+        assert len({s.node for s in starts}) == len(starts), f"tick {tick}: a node ran twice"
+
+
+def wait_for_runs(fleet: CronFleet, count: int, timeout: float) -> None:
+    wait_until(lambda: len([e for e in fleet.runs() if e.kind == "end"]) >= count, timeout,
+               f"{count} cron runs ending")
+
+
+def wait_for_tick(fleet: CronFleet, tick: float, timeout: float) -> None:
+    """Until a run of a tick at or after `tick` has started: the schedule is the clock."""
+    wait_until(lambda: any(e.tick >= tick for e in fleet.runs()), timeout,
+               f"a run of a tick at or after {tick:.1f}")
+
+
+# -- max_run across five nodes ---------------------------------------------------------
+
+
+def test_five_nodes_run_exactly_max_run_per_tick(make_fleet: MakeFleet) -> None:
+    period, max_run = 2.0, 2
+    fleet = make_fleet(cron="@every 2s", max_run=max_run, misfire_grace="1500ms",
+                       overlap="allow", run_seconds=0.5)
+    fleet.start_nodes("a", "b", "c", "d", "e")
+    begun = time.time()
+    wait_for_tick(fleet, begun + 30.0, timeout=40.0)
+    assert all(n.alive for n in fleet.nodes.values()), fleet.cron_report()
+    ended = time.time()
+    fleet.close()
+    report = fleet.cron_report()
+    by_tick = starts_by_tick(fleet.runs())
+    assert_at_most(by_tick, max_run, report)
+    # inner ticks: due after every node was up, and before any stopped
+    inner = [t for t in range_ticks(begun + period, ended - period, period)]
+    assert len(inner) >= 12, inner
+    for tick in inner:
+        starts = by_tick.get(tick, [])
+        assert len(starts) == max_run, f"tick {tick}: {[str(s) for s in starts]}\n{report}"
+        assert {s.slot for s in starts} == {0, 1}
+    # the database's history agrees with what the runs saw
+    rows = [r for r in fleet.history() if r.tick in set(inner)]
+    assert Counter(r.state for r in rows) == Counter({"succeeded": max_run * len(inner)}), rows
+    tokens = {(r.tick, r.slot): (r.token, r.holder.node_id if r.holder else None) for r in rows}
+    for tick in inner:
+        for start in by_tick[tick]:
+            assert tokens[(tick, start.slot)] == (start.token, start.node)
+
+
+def range_ticks(start: float, end: float, period: float) -> list[float]:
+    first = (int(start // period) + 1) * period
+    ticks = []
+    while first <= end:
+        ticks.append(first)
+        first += period
+    return ticks
+
+
+# -- kill -9 mid-run ----------------------------------------------------------------------
+
+
+def test_a_node_killed_mid_run_leaves_a_lost_run_and_never_an_extra_one(
+        make_fleet: MakeFleet) -> None:
+    max_run = 2
+    fleet = make_fleet(cron="@every 2s", max_run=max_run, misfire_grace="1500ms",
+                       overlap="allow", run_seconds=1.5)
+    fleet.start_nodes("a", "b", "c")
+    wait_for_runs(fleet, 4, timeout=20)
+    # the next run that starts: kill its node's supervisor while the run goes on
+    seen = len(fleet.runs())
+    wait_until(lambda: any(e.kind == "start" for e in fleet.runs()[seen:]), 10, "a run start")
+    victim = next(e for e in fleet.runs()[seen:] if e.kind == "start")
+    fleet.nodes[victim.node].kill9()
+    killed_at = time.time()
+    # its run is never recorded as succeeded: it becomes lost once its lease expires
+    deadline = FAST.lease_ttl + 4 * FAST.lease_ttl + 30.0  # expiry, then a maintenance pass
+
+    def state() -> str | None:
+        return next((r.state for r in fleet.history() if r.token == victim.token), None)
+
+    wait_until(lambda: state() == "lost", deadline, f"run {victim.token} marked lost")
+    # the two live nodes go on: two runs per tick again
+    wait_for_tick(fleet, killed_at + 8, timeout=12)
+    report = fleet.cron_report()
+    by_tick = starts_by_tick(fleet.runs())
+    assert_at_most(by_tick, max_run, report)
+    late = [t for t in by_tick if t > killed_at + 2 and t < time.time() - 2]
+    assert late, report
+    for tick in late:
+        assert {s.node for s in by_tick[tick]} == {"a", "b", "c"} - {victim.node}, report
+    assert not [e for e in fleet.runs() if e.pid == victim.pid and e.kind == "end"], (
+        "the killed node's run should have died with it")
+
+
+# -- downtime, misfires and catch_up -----------------------------------------------------
+
+CATCH_UP = [
+    pytest.param("sqlite", "latest", id="sqlite-latest"),
+    pytest.param("postgresql", "latest", id="postgresql-latest"),
+    pytest.param("mariadb", "latest", id="mariadb-latest"),
+    pytest.param("sqlite", "none", id="sqlite-none"),
+    pytest.param("sqlite", "all", id="sqlite-all"),
+]
+
+
+@pytest.mark.parametrize(("database_backend", "catch_up"), CATCH_UP)
+def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up: str) -> None:
+    period, grace = 2.0, 5.0
+    fleet = make_fleet(cron="@every 2s", max_run=1, misfire_grace="5s", catch_up=catch_up,
+                       overlap="allow", run_seconds=0.2)
+    fleet.start_nodes("a", "b")
+    wait_for_runs(fleet, 2, timeout=20)
+    for node in fleet.nodes.values():
+        assert node.terminate() == 0
+    last_before = max(r.tick for r in fleet.history() if r.slot >= 0)
+    # The scenario: every node stays down across several ticks (a duration, not a wait
+    # for something), and comes back just after a tick, so that the latest tick due
+    # when the nodes look back is the last one of the downtime.
+    time.sleep(9.0)
+    time.sleep(period - time.time() % period + 0.05)
+    restart = time.time()
+    for node in fleet.nodes.values():
+        node.start()
+    for node in fleet.nodes.values():
+        node.wait_started()
+    downtime = range_ticks(last_before, restart, period)
+    assert len(downtime) >= 5, downtime
+
+    def recorded() -> dict[float, list[CronRunRecord]]:
+        rows: dict[float, list[CronRunRecord]] = defaultdict(list)
+        for row in fleet.history():
+            rows[row.tick].append(row)
+        return rows
+
+    # nothing is lost: every tick of the downtime gets a record, a run or a miss (a miss
+    # still in grace is written once its grace has ended)
+    wait_until(lambda: all(t in recorded() for t in downtime), grace + 10,
+               "a record for every tick of the downtime")
+    rows = recorded()
+    report = fleet.cron_report()
+    ran = [t for t in downtime if any(r.slot >= 0 for r in rows[t])]
+    missed = [t for t in downtime if [r.state for r in rows[t]] == ["missed"]]
+    assert sorted(ran + missed) == downtime, report
+    for tick in ran:
+        assert all(r.claimed_at < tick + grace for r in rows[tick]), report
+    # Ticks past grace before any node was back are never run late.
+    assert not [t for t in ran if t + grace <= restart], report
+    if catch_up == "none":
+        assert ran == [], report
+    elif catch_up == "latest":
+        assert ran == [downtime[-1]], report
+    else:  # every tick still in grace when the nodes were back (with 2 s of start-up)
+        assert {t for t in downtime if t + grace > restart + SLACK} <= set(ran), report
+        assert len(ran) >= 2, report
+    assert_at_most(starts_by_tick(fleet.runs()), 1, report)
+
+
+# -- overlap --------------------------------------------------------------------------
+
+
+def test_overlap_forbid_never_runs_two_at_once(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(cron="@every 1s", max_run=1, misfire_grace="800ms", overlap="forbid",
+                       run_seconds=2.5, lock=True)
+    fleet.start_nodes("a", "b", "c")
+    wait_for_runs(fleet, 4, timeout=30)
+    fleet.close()
+    report = fleet.cron_report()
+    events = fleet.runs()
+    assert not [e for e in events if e.kind == "OVERLAP"], report
+    spans = run_spans(events)
+    for (s1, e1), (s2, _) in itertools.pairwise(spans):
+        assert s2 >= e1, f"runs intersect: [{s1}, {e1}] and a run starting {s2}\n{report}"
+    states = Counter(r.state for r in fleet.history())
+    assert states["skipped"] >= 3, report
+
+
+def run_spans(events: list[RunEvent]) -> list[tuple[float, float]]:
+    starts = {e.pid: e.at for e in events if e.kind == "start"}
+    ends = {e.pid: e.at for e in events if e.kind == "end"}
+    return sorted((starts[pid], ends.get(pid, float("inf"))) for pid in starts)
+
+
+def test_overlap_replace_stops_the_old_run_first(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(cron="@every 2s", max_run=1, misfire_grace="1500ms", overlap="replace",
+                       run_seconds=30, lock=True)
+    fleet.start_nodes("a", "b")
+    wait_until(lambda: len([e for e in fleet.runs() if e.kind == "start"]) >= 4, 30,
+               "four runs, each replacing the one before")
+    fleet.close()
+    report = fleet.cron_report()
+    events = fleet.runs()
+    assert not [e for e in events if e.kind == "OVERLAP"], report
+    spans = run_spans(events)
+    for (s1, e1), (s2, _) in itertools.pairwise(spans):
+        assert s2 >= e1, f"runs intersect: [{s1}, {e1}] and a run starting {s2}\n{report}"
+    replaced = [r for r in fleet.history() if r.state == "stopped"
+                and r.reason == "replaced by a later tick"]
+    assert len(replaced) >= 3, report
+
+
+def test_a_run_past_its_timeout_is_stopped_and_recorded(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(cron="@every 2s", max_run=1, timeout="1s", overlap="allow",
+                       misfire_grace="1500ms", run_seconds=20)
+    fleet.start_nodes("a")
+    wait_until(lambda: any(r.state == "timed_out" for r in fleet.history()), 15,
+               "a run recorded timed_out")
+    run = next(r for r in fleet.history() if r.state == "timed_out")
+    assert run.ended_at is not None and 0.9 <= run.ended_at - run.claimed_at < 1.0 + SLACK
+    assert run.reason is not None and "timeout" in run.reason
+    assert [e.kind for e in fleet.runs() if e.token == run.token] == ["start", "end"]
