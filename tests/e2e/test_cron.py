@@ -196,6 +196,33 @@ def test_five_nodes_run_exactly_max_run_per_tick(make_fleet: MakeFleet) -> None:
             assert tokens[(tick, start.slot)] == (start.token, start.node)
 
 
+@pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
+def test_nodes_with_wrong_wall_clocks_neither_claim_early_nor_miss(
+        make_fleet: MakeFleet) -> None:
+    """Nodes 40 s ahead and 40 s behind (libfaketime) still run every tick, on time:
+    they wake by the database's clock. (SQLite's clock is the host's: not covered.)"""
+    period, max_run = 2.0, 3
+    fleet = make_fleet(cron="@every 2s", max_run=max_run, misfire_grace="1500ms",
+                       overlap="allow", run_seconds=0.2)
+    fleet.node("ahead", faketime="+40s")
+    fleet.node("behind", faketime="-40s")
+    fleet.node("true")
+    for node in fleet.nodes.values():
+        node.wait_started()
+    begun = time.time()
+    wait_for_tick(fleet, begun + 12.0, timeout=20.0)
+    ended = time.time()
+    report = fleet.cron_report()
+    by_tick = starts_by_tick(fleet.runs())
+    assert_at_most(by_tick, max_run, report)
+    inner = range_ticks(begun + period, ended - period, period)
+    assert len(inner) >= 4, inner
+    for tick in inner:
+        assert {s.node for s in by_tick.get(tick, [])} == {"ahead", "behind", "true"}, report
+        late = [s.at - tick for s in by_tick[tick]]
+        assert all(-0.05 < lag < 1.5 for lag in late), (tick, late, report)
+
+
 def range_ticks(start: float, end: float, period: float) -> list[float]:
     first = (int(start // period) + 1) * period
     ticks = []
