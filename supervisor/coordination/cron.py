@@ -268,9 +268,3 @@ class CronMode:
         self._pending_misses = [t for t in self._pending_misses if t not in due]
         for tick in recorded:
             self._publish(CronClaimed(self._worker, tick, "missed"))
-
-    def next_tick(self) -> float | None:
-        """The next tick this node will wake for (database time), once the clock is known."""
-        if self._resync:
-            return None
-        return next_tick(self._schedule, self._tz, self._cursor)
