@@ -22,7 +22,8 @@ measures over --window seconds:
                  + UPDATE .. RETURNING (renew, if the node holds a lease)
                  + UPDATE .. RETURNING (acquire, if the node waits for a lease)
                  + UPDATE + INSERT fs_terms per lease it wins (none in steady state)
-    maintain   = UPDATE fs_terms + SELECT (+ DELETE when there is history to prune)
+    maintain   = UPDATE fs_terms + SELECT, UPDATE fs_cron_runs (lost) + SELECT
+                 (+ a DELETE of each when there is history to prune)
     lease_ensure = INSERT .. ON CONFLICT DO NOTHING; lease_release = UPDATE (+2)
   Which node holds leases and which waits is read from fs_leases after the window.
 - rows written (tup_inserted + tup_updated + tup_deleted), to show what does grow with N.
@@ -52,7 +53,7 @@ METRIC = re.compile(r'^supervisor_db_seconds_count\{(?P<labels>[^}]*)\}\s+(?P<va
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 # Statements per call on PostgreSQL (see the module docstring), steady state.
-FIXED = {"lease_ensure": 1, "lease_release": 1, "node_leave": 1, "maintain": 2, "db_now": 1}
+FIXED = {"lease_ensure": 1, "lease_release": 1, "node_leave": 1, "maintain": 4, "db_now": 1}
 
 
 def node_config(dbname: str, node_id: str, port: int, workers: int) -> str:
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "not counted): node_sync = INSERT .. ON CONFLICT .. RETURNING (heartbeat, which "
             "also returns the database clock) + UPDATE .. RETURNING (renew, when the node holds "
             "a lease) + UPDATE .. RETURNING (acquire, when it waits for one), so 2, or 3 when a "
-            "node both holds and waits; maintain = 2. That mix (stmts/xact) times the "
+            "node both holds and waits; maintain = 4. That mix (stmts/xact) times the "
             "server's transactions.")
     print(f"statements: {why}", flush=True)
     began = time.monotonic()
