@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.model import format_duration
@@ -18,6 +18,7 @@ from supervisor.schedule import (
     parse_schedule,
     parse_timezone,
     previous_tick,
+    recent_ticks,
     ticks_between,
 )
 
@@ -294,3 +295,107 @@ def test_every_survives_float_rounding(expr: str) -> None:
             i = round(before / period)
             assert before == i * period
             assert before <= after < (i + 1) * period
+
+
+# --- recent_ticks: the tail of ticks_between, found walking back -------------------------
+
+HOUR = 3600.0
+# (expression, the longest span drawn for it): spans hold at most about a thousand ticks,
+# so that the forward oracle stays cheap.
+RECENT_EXPRESSIONS = [
+    ("@every 100ms", 60.0), ("@every 300ms", 120.0), ("@every 500ms", 300.0),
+    ("@every 7s", HOUR), ("@every 1m30s", 24 * HOUR), ("@every 1h", 4 * 24 * HOUR),
+    ("*/15 * * * *", 2 * 24 * HOUR), ("0 * * * *", 3 * 24 * HOUR),
+    ("30 2 * * *", 6 * 24 * HOUR), ("30 1 * * *", 6 * 24 * HOUR),
+    ("*/7 1-3 * * *", 3 * 24 * HOUR), ("*/20 * * * * *", 3 * HOUR),
+    ("0 30 2 * * *", 6 * 24 * HOUR), ("15,45 * 1-3 * * *", 6 * HOUR),
+    ("* * * * * *", 10 * 60.0), ("@daily", 30 * 24 * HOUR),
+]
+RECENT_ZONES = {"UTC": UTC_TZ, "Europe/Berlin": BERLIN, "America/New_York": NEW_YORK}
+# The 2024 DST days, in UTC: Berlin Mar 31 01:00 and Oct 27 01:00, New York Mar 10 07:00
+# and Nov 3 06:00. Spans are drawn around them so that gaps and folds fall inside.
+DST_SHIFTS = [utc(2024, 3, 31, 1), utc(2024, 10, 27, 1), utc(2024, 3, 10, 7),
+              utc(2024, 11, 3, 6)]
+
+
+@st.composite
+def recent_spans(draw: st.DrawFn) -> tuple[str, str, float, float, int]:
+    expr, longest = draw(st.sampled_from(RECENT_EXPRESSIONS))
+    zone = draw(st.sampled_from(sorted(RECENT_ZONES)))
+    span = draw(st.floats(0.0, longest))
+    anchor = draw(st.one_of(st.sampled_from(DST_SHIFTS),
+                            st.floats(utc(2000, 1, 1), utc(2040, 1, 1))))
+    end = anchor + draw(st.floats(-span - HOUR, HOUR))
+    schedule = parse_schedule(expr)
+    if draw(st.booleans()):  # often exactly on a tick: end is included, start excluded
+        end = previous_tick(schedule, RECENT_ZONES[zone], end) or end
+    start = end - span
+    if draw(st.booleans()):
+        start = previous_tick(schedule, RECENT_ZONES[zone], start) or start
+    limit = draw(st.integers(1, 40))
+    return expr, zone, start, end, limit
+
+
+@settings(deadline=None, max_examples=250)
+@given(recent_spans())
+def test_recent_ticks_are_the_tail_of_ticks_between(
+    case: tuple[str, str, float, float, int],
+) -> None:
+    expr, zone, start, end, limit = case
+    schedule, tz = parse_schedule(expr), RECENT_ZONES[zone]
+    every = ticks_between(schedule, tz, start, end, 1_000_000)
+    assert recent_ticks(schedule, tz, start, end, limit) == every[-limit:]
+    assert recent_ticks(schedule, tz, start, end, len(every) + 5) == every
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "start", "end", "expected"),
+    [
+        # Berlin, spring forward: 02:30 does not exist and runs at 03:00 CEST (01:00 UTC)
+        ("30 2 * * *", BERLIN, utc(2024, 3, 29, 12), utc(2024, 4, 1, 12),
+         ["2024-03-30 01:30:00", "2024-03-31 01:00:00", "2024-04-01 00:30:00"]),
+        # New York, fall back: 01:30 runs once, at its first occurrence (EDT)
+        ("30 1 * * *", NEW_YORK, utc(2024, 11, 2), utc(2024, 11, 4, 12),
+         ["2024-11-02 05:30:00", "2024-11-03 05:30:00", "2024-11-04 06:30:00"]),
+        # every 20 s across New York's repeated hour: its second pass has no ticks
+        ("*/20 * * * * *", NEW_YORK, utc(2024, 11, 3, 5, 59, 0), utc(2024, 11, 3, 7, 0, 40),
+         ["2024-11-03 05:59:20", "2024-11-03 05:59:40", "2024-11-03 07:00:00",
+          "2024-11-03 07:00:20", "2024-11-03 07:00:40"]),
+        # every second across Berlin's gap: the gap's walls are one tick at its end
+        ("* * * * * *", BERLIN, utc(2024, 3, 31, 0, 59, 57), utc(2024, 3, 31, 1, 0, 2),
+         ["2024-03-31 00:59:58", "2024-03-31 00:59:59", "2024-03-31 01:00:00",
+          "2024-03-31 01:00:01", "2024-03-31 01:00:02"]),
+    ],
+)
+def test_recent_ticks_across_dst(expr: str, tz: ZoneInfo, start: float, end: float,
+                                 expected: list[str]) -> None:
+    assert iso(recent_ticks(parse_schedule(expr), tz, start, end, 100)) == expected
+
+
+def test_recent_ticks_limit_keeps_the_newest() -> None:
+    schedule = parse_schedule("* * * * *")
+    ticks = recent_ticks(schedule, UTC_TZ, utc(2024, 5, 1, 10), utc(2024, 5, 1, 11), 3)
+    assert iso(ticks) == ["2024-05-01 10:58:00", "2024-05-01 10:59:00", "2024-05-01 11:00:00"]
+    every = recent_ticks(parse_schedule("@every 250ms"), UTC_TZ, 100.0, 101.0, 2)
+    assert every == [100.75, 101.0]
+
+
+def test_recent_ticks_of_a_long_span_cost_limit_steps() -> None:
+    # ten years of a per-second schedule: walking forward would take 3e8 steps
+    schedule = parse_schedule("* * * * * *")
+    ticks = recent_ticks(schedule, BERLIN, utc(2014, 1, 1), utc(2024, 1, 1), 4)
+    assert iso(ticks) == ["2023-12-31 23:59:57", "2023-12-31 23:59:58",
+                          "2023-12-31 23:59:59", "2024-01-01 00:00:00"]
+
+
+@pytest.mark.parametrize(("start", "end"), [(10.0, 10.0), (10.0, 5.0), (60.0, 59.999),
+                                            (utc(2024, 1, 1), utc(2023, 1, 1))])
+@pytest.mark.parametrize("expr", ["* * * * * *", "* * * * *", "@every 1s", "@every 100ms"])
+def test_recent_ticks_empty_when_end_is_not_after_start(expr: str, start: float,
+                                                        end: float) -> None:
+    assert recent_ticks(parse_schedule(expr), BERLIN, start, end, 10) == []
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_recent_ticks_empty_without_a_limit(limit: int) -> None:
+    assert recent_ticks(parse_schedule("@every 1s"), UTC_TZ, 0.0, 100.0, limit) == []
