@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
+from supervisor.coordination import Grant
 from supervisor.coordination.leader import LeaderMode, LeaseKeeper
 from supervisor.errors import StoreUnavailable
 from supervisor.model import Event, LeadershipGained, LeadershipLost, Mode
 from supervisor.spec import CoordinationSpec
-from supervisor.store import Holder, Lease, SyncResult
+from supervisor.store import CronRun, Holder, Lease, SyncResult
 
 TIMING = CoordinationSpec(lease_ttl=2.0, renew_interval=0.05, renew_deadline=0.3)
 ME = Holder("n1", "g", 1, "nonce-1")
 
 
 class ScriptedStore:
-    """Grants every wanted lease; then behaves as the test says: fine, hanging, or 'lost'."""
+    """Grants every wanted lease; then behaves as the test says: fine, hanging, or 'lost'.
+
+    Cron runs passed to node_sync are renewed (expires_at + 1 each time) unless the test
+    scripts them into `lose_runs` (runs_lost), `drop_runs` (neither kept nor lost) or
+    `stop_runs` (kept, and in runs_stop). The database clock reads `time.monotonic() +
+    clock_skew` halfway through a round trip of `2 * delay` seconds.
+    """
 
     def __init__(self) -> None:
         self.term = 0
@@ -28,27 +38,61 @@ class ScriptedStore:
         self.interrupted = threading.Event()
         self.unblock = threading.Event()
         self.calls = 0
+        self.clock_skew = 0.0
+        self.delay = 0.0
+        self.lose_runs: set[int] = set()
+        self.drop_runs: set[int] = set()
+        self.stop_runs: set[int] = set()
+        self.synced_runs: list[tuple[CronRun, ...]] = []  # what each sync was asked to renew
+        self._synced = threading.Condition()
 
     def upgrade(self) -> None: ...
 
     def lease_ensure(self, names: Sequence[str]) -> None: ...
 
     def node_sync(self, holder: Holder, *, held: Sequence[Lease], wanted: Sequence[str],
-                  ttl: float, now: float | None = None) -> SyncResult:
+                  ttl: float, runs: Sequence[CronRun] = (),
+                  now: float | None = None) -> SyncResult:
         self.calls += 1
         if self.behaviour == "hang":
             self.unblock.wait(10)
             raise StoreUnavailable("cut")
         if self.behaviour == "down":
             raise StoreUnavailable("down")
+        threading.Event().wait(self.delay)  # the request on its way
+        db_now = time.monotonic() + self.clock_skew
+        threading.Event().wait(self.delay)  # the answer on its way
+        try:
+            return self._answer(holder, held, wanted, runs, db_now)
+        finally:
+            with self._synced:
+                self.synced_runs.append(tuple(runs))
+                self._synced.notify_all()
+
+    def _answer(self, holder: Holder, held: Sequence[Lease], wanted: Sequence[str],
+                runs: Sequence[CronRun], db_now: float) -> SyncResult:
+        kept = {run.token: replace(run, expires_at=run.expires_at + 1) for run in runs
+                if run.token not in self.lose_runs | self.drop_runs}
+        cron = {"runs_kept": kept,
+                "runs_lost": tuple(r.token for r in runs if r.token in self.lose_runs),
+                "runs_stop": tuple(token for token in kept if token in self.stop_runs)}
         if self.behaviour == "lost":
-            return SyncResult(db_now=0.0, lost=tuple(lease.name for lease in held))
+            return SyncResult(db_now=db_now, lost=tuple(lease.name for lease in held), **cron)
         acquired = {}
         for name in wanted:
             self.term += 1
             acquired[name] = Lease(name, holder, self.term, 1e9)
-        return SyncResult(db_now=0.0, kept={lease.name: lease for lease in held},
-                          acquired=acquired)
+        return SyncResult(db_now=db_now, kept={lease.name: lease for lease in held},
+                          acquired=acquired, **cron)
+
+    def wait_syncs(self, count: int, timeout: float = 5.0) -> list[tuple[CronRun, ...]]:
+        """Block until `count` more syncs have answered; what those syncs were asked."""
+        with self._synced:
+            start = len(self.synced_runs)
+            if not self._synced.wait_for(lambda: len(self.synced_runs) >= start + count,
+                                         timeout):
+                raise TimeoutError(f"fewer than {count} syncs within {timeout}s")
+            return self.synced_runs[start:start + count]
 
     def interrupt(self) -> None:
         self.interrupted.set()
@@ -180,3 +224,213 @@ def test_followers_back_off_while_the_database_is_down_and_holders_do_not():
     follower, healthy = asyncio.run(main())
     assert follower > 4 * healthy
     assert follower <= TIMING.lease_ttl / 2 * 1.1
+
+
+# --- cron runs: renewed in the node's one sync, trusted like a lease ----------------------
+
+def cron_run(token: int) -> CronRun:
+    return CronRun(token, "report", 1_900_000_000.0, 0, ME, expires_at=10.0)
+
+
+async def tracked(store: ScriptedStore, token: int = 7
+                  ) -> tuple[LeaseKeeper, asyncio.Task, Grant]:
+    keeper, task = await started(store, [])
+    async with asyncio.timeout(5):
+        await keeper.clock_ready()
+    grant = Grant(stop_grace=TIMING.leader_stop_grace)
+    keeper.track_run(cron_run(token), grant, asyncio.get_running_loop().time())
+    return keeper, task, grant
+
+
+async def syncs(store: ScriptedStore, count: int) -> list[tuple[CronRun, ...]]:
+    return await asyncio.to_thread(store.wait_syncs, count)
+
+
+def test_a_tracked_run_is_renewed_in_every_sync_and_trusted_on():
+    async def main() -> tuple[list[tuple[CronRun, ...]], bool]:
+        store = ScriptedStore()
+        keeper, task, grant = await tracked(store)
+        # Far longer than renew_deadline after the claim: trusted only if renewals count.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.5 * TIMING.renew_deadline):
+                await grant.revoked.wait()
+        seen = await syncs(store, 3)
+        await stopped(keeper, task)
+        return seen, grant.revoked.is_set()
+
+    seen, revoked = asyncio.run(main())
+    assert not revoked
+    assert all([run.token for run in runs] == [7] for runs in seen)
+    # each sync passes on what the previous one renewed (the store adds 1 to expires_at)
+    expiries = [runs[0].expires_at for runs in seen]
+    assert expiries == [expiries[0], expiries[0] + 1, expiries[0] + 2]
+    assert expiries[0] > 10.0
+
+
+def test_a_run_the_database_neither_renews_nor_loses_is_trusted_for_renew_deadline():
+    async def main() -> tuple[float, Grant]:
+        store = ScriptedStore()
+        store.drop_runs = {7}
+        loop = asyncio.get_running_loop()
+        keeper, task, grant = await tracked(store)
+        tracked_at = loop.time()
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        elapsed = loop.time() - tracked_at
+        await stopped(keeper, task)
+        return elapsed, grant
+
+    elapsed, grant = asyncio.run(main())
+    assert TIMING.renew_deadline - 0.01 <= elapsed <= TIMING.renew_deadline + 0.15
+    assert grant.stop_grace is not None
+    assert 0 < grant.stop_grace <= TIMING.leader_stop_grace
+    assert "renew_deadline" in grant.reason
+
+
+def test_a_run_the_database_calls_lost_is_revoked_with_no_grace_and_no_longer_renewed():
+    async def main() -> tuple[Grant, list[tuple[CronRun, ...]]]:
+        store = ScriptedStore()
+        keeper, task, grant = await tracked(store)
+        await syncs(store, 1)
+        store.lose_runs = {7}
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        after = await syncs(store, 2)
+        await stopped(keeper, task)
+        return grant, after
+
+    grant, after = asyncio.run(main())
+    assert grant.stop_grace == 0.0
+    assert grant.reason == "the database no longer shows this run as running"
+    assert after == [(), ()]  # dropped: the lost run is not renewed again
+
+
+def test_a_run_replaced_by_a_later_tick_stops_as_a_leader_does_and_is_still_renewed():
+    async def main() -> tuple[Grant, list[tuple[CronRun, ...]], list[tuple[CronRun, ...]]]:
+        store = ScriptedStore()
+        keeper, task, grant = await tracked(store)
+        other = Grant()
+        keeper.track_run(cron_run(8), other, asyncio.get_running_loop().time())
+        store.stop_runs = {7}
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        while_stopping = await syncs(store, 3)
+        keeper.untrack_run(7)  # the child stopped and cron_finish recorded it
+        after = (await syncs(store, 3))[1:]  # the first may have been sent before
+        assert not other.revoked.is_set()
+        await stopped(keeper, task)
+        return grant, while_stopping, after
+
+    grant, while_stopping, after = asyncio.run(main())
+    assert grant.reason == "replaced by a later tick"
+    assert grant.stop_grace == TIMING.leader_stop_grace
+    assert not grant.hurry.is_set()  # renewed on: nothing shortens its grace
+    assert all(sorted(run.token for run in runs) == [7, 8] for runs in while_stopping)
+    assert all([run.token for run in runs] == [8] for runs in after)
+
+
+def test_a_replaced_run_the_database_then_calls_lost_hurries_to_no_grace():
+    async def main() -> Grant:
+        store = ScriptedStore()
+        keeper, task, grant = await tracked(store)
+        store.stop_runs = {7}
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        store.lose_runs = {7}
+        async with asyncio.timeout(5):
+            await grant.hurry.wait()
+        await stopped(keeper, task)
+        return grant
+
+    grant = asyncio.run(main())
+    assert grant.stop_grace == 0.0
+    assert grant.reason == "replaced by a later tick"  # the first reason stands
+
+
+@pytest.mark.parametrize("behaviour", ["hang", "down"])
+def test_a_run_whose_renewals_fail_is_revoked_when_its_trust_runs_out(behaviour: str):
+    async def main() -> tuple[float, Grant]:
+        store = ScriptedStore()
+        loop = asyncio.get_running_loop()
+        keeper, task, grant = await tracked(store)
+        await syncs(store, 1)
+        store.behaviour = behaviour
+        failing_since = loop.time()
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        elapsed = loop.time() - failing_since
+        store.unblock.set()
+        await stopped(keeper, task)
+        return elapsed, grant
+
+    elapsed, grant = asyncio.run(main())
+    # the last renewal that counted was sent at most an interval (+ jitter) before
+    assert TIMING.renew_deadline - 2 * TIMING.renew_interval <= elapsed
+    assert elapsed <= TIMING.renew_deadline + 0.15
+    assert grant.stop_grace is not None
+    assert 0 < grant.stop_grace <= TIMING.leader_stop_grace
+    assert "renew_deadline" in grant.reason
+
+
+def test_a_replaced_run_thawed_after_its_trust_ran_out_hurries_to_no_grace():
+    timing = CoordinationSpec(lease_ttl=1.5, renew_interval=0.05, renew_deadline=0.3)
+
+    async def main() -> tuple[Grant, float | None]:
+        store = ScriptedStore()
+        keeper = LeaseKeeper(store, ME, timing, lambda e: None)  # type: ignore[arg-type]
+        task = asyncio.create_task(keeper.run())
+        async with asyncio.timeout(5):
+            await keeper.clock_ready()
+        loop = asyncio.get_running_loop()
+        grant = Grant(stop_grace=timing.leader_stop_grace)
+        keeper.track_run(cron_run(7), grant, loop.time())
+        store.stop_runs = {7}
+        async with asyncio.timeout(5):
+            await grant.revoked.wait()
+        replaced_grace = grant.stop_grace
+        store.behaviour = "hang"
+        # Freeze the loop past trust + grace (SIGSTOP, a paused VM): the stop that began
+        # with a grace must now be a kill.
+        loop.call_soon(threading.Event().wait,
+                       timing.renew_deadline + timing.leader_stop_grace + 0.15)
+        async with asyncio.timeout(5):
+            await grant.hurry.wait()
+        store.unblock.set()
+        await stopped(keeper, task)
+        return grant, replaced_grace
+
+    grant, replaced_grace = asyncio.run(main())
+    assert replaced_grace == timing.leader_stop_grace
+    assert grant.stop_grace == 0.0
+    assert grant.reason == "replaced by a later tick"
+
+
+# --- the database clock ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("skew", [1_900_000_000.0 + 40.37, 1_900_000_000.0 - 39.71])
+def test_db_time_is_the_database_clock_measured_around_the_call(skew: float):
+    async def main() -> tuple[float, float, float]:
+        store = ScriptedStore()
+        store.clock_skew = skew
+        store.delay = 0.08  # a slow round trip: only its midpoint gives the right offset
+        keeper = LeaseKeeper(store, ME, TIMING, lambda e: None)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="not measured yet"):
+            keeper.db_time()
+        task = asyncio.create_task(keeper.run())
+        async with asyncio.timeout(5):
+            await keeper.clock_ready()
+        loop = asyncio.get_running_loop()
+        first = keeper.db_time() - (loop.time() + skew)
+        await syncs(store, 2)  # time passes; the estimate moves with it
+        later = keeper.db_time() - (loop.time() + skew)
+        before = loop.time()
+        there_and_back = keeper.loop_time_of(keeper.db_time())
+        after = loop.time()
+        await stopped(keeper, task)
+        return first, later, there_and_back - before, after - there_and_back
+
+    first, later, since_before, until_after = asyncio.run(main())
+    # sent_at alone or received alone would be a whole delay (0.08 s) off
+    assert abs(first) < 0.03
+    assert abs(later) < 0.03
+    assert since_before >= -1e-6 and until_after >= -1e-6  # db_time's inverse, to rounding
