@@ -197,6 +197,9 @@ class CronMode:
                     log.warning("%s: could not claim the tick of %s (%s)", self._worker,
                                 format_utc(tick), exc)
                     self._publish(CronClaimed(self._worker, tick, "error"))
+                    # Recorded missed once its grace ends, unless someone ran it: the
+                    # look back after downtime skips a worker with no history at all.
+                    self._pending_misses.append(tick)
                     self._resync = True
                     return False
                 await asyncio.sleep(delay)
