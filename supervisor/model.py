@@ -111,8 +111,8 @@ def format_duration(seconds: float) -> str:
 
 def format_utc(epoch: float) -> str:
     """An instant as ISO 8601 in UTC with milliseconds: 2026-01-31T12:00:00.250Z."""
-    millis = int(epoch % 1 * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}Z"
+    seconds, millis = divmod(round(epoch * 1000), 1000)  # rounded: 40.7999999 -> 40.800
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def leader_stop_grace(lease_ttl: float, renew_interval: float, renew_deadline: float) -> float:

@@ -646,8 +646,6 @@ def test_a_grant_carries_tick_slot_and_token() -> None:
     assert grants[0].stop_grace == TIMING.leader_stop_grace
 
 
-@pytest.mark.xfail(reason="supervisor.model.format_utc truncates to the millisecond: "
-                          "1900000000.8 (an @every 300ms tick) shows as .799Z")
 def test_the_tick_a_child_is_told_is_the_scheduled_millisecond() -> None:
     async def main() -> list[RunGrant]:
         store = MemoryStore()
