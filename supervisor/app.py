@@ -26,7 +26,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from supervisor.runner import (
     first_of,
     reap_orphans,
     spawn,
+    unless_stopped,
 )
 from supervisor.spec import NodeSpec, WorkerSpec, node_from_plain
 
@@ -210,7 +211,7 @@ class WorkerSupervisor:
 
     async def run(self) -> WorkerState:
         while not self._stop.is_set():
-            grant = await self._unless_stopped(self._mode.acquire())
+            grant = await unless_stopped(self._stop, self._mode.acquire())
             if grant is None:
                 break
             done = False
@@ -310,16 +311,6 @@ class WorkerSupervisor:
         except TimeoutError:
             return False
         return True
-
-    async def _unless_stopped(self, acquiring: Awaitable[Grant]) -> Grant | None:
-        task = asyncio.ensure_future(acquiring)
-        await first_of(task, self._stop.wait())
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return None
 
     def _sink(self, stream: str, line: str) -> None:
         self._publish(WorkerOutput(self.name, stream, line))

@@ -17,7 +17,6 @@ fleet-wide overlap rules are the database's (see supervisor.store.sql_cron).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -35,7 +34,14 @@ from supervisor.model import (
     WorkerState,
     format_duration,
 )
-from supervisor.runner import GroupGuard, ProcessSpec, RunningProcess, first_of, spawn
+from supervisor.runner import (
+    GroupGuard,
+    ProcessSpec,
+    RunningProcess,
+    first_of,
+    spawn,
+    unless_stopped,
+)
 from supervisor.spec import WorkerSpec
 
 log = logging.getLogger("supervisor")
@@ -85,7 +91,7 @@ class CronSupervisor:
     async def run(self) -> WorkerState:
         async with asyncio.TaskGroup() as runs:
             while not self._stop.is_set():
-                grants = await self._unless_stopped(self.mode.next_runs())
+                grants = await unless_stopped(self._stop, self.mode.next_runs())
                 if grants is None:
                     break
                 for grant in grants:
@@ -127,14 +133,7 @@ class CronSupervisor:
 
     async def _clear(self, grant: RunGrant) -> bool:
         """overlap = replace: wait until the earlier runs are gone fleet-wide."""
-        waiting = asyncio.ensure_future(self.mode.wait_clear(grant))
-        await first_of(waiting, self._stop.wait())
-        if waiting.done():
-            return waiting.result()
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        return False
+        return bool(await unless_stopped(self._stop, self.mode.wait_clear(grant)))
 
     async def _supervise(self, proc: RunningProcess, grant: RunGrant) -> tuple[str, str | None]:
         """Wait for the run to end, stopping it when it must; (state, reason)."""
@@ -179,16 +178,6 @@ class CronSupervisor:
         recorded = await asyncio.shield(self.mode.finish(grant, state, exit_code, reason))
         self._publish(CronRunEnded(self.name, run.tick, run.slot, run.token, state, exit_code,
                                    duration, recorded))
-
-    async def _unless_stopped(self, waiting: Awaitable[list[RunGrant]]) -> list[RunGrant] | None:
-        task = asyncio.ensure_future(waiting)
-        await first_of(task, self._stop.wait())
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return None
 
     def _sink(self, stream: str, line: str) -> None:
         self._publish(WorkerOutput(self.name, stream, line))

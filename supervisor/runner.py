@@ -27,10 +27,13 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.errors import SpawnError
 from supervisor.model import ExitStatus
+
+T = TypeVar("T")
 
 OutputSink = Callable[[str, str], None]  # (stream name, line without newline)
 
@@ -376,3 +379,15 @@ async def first_of(*awaitables: Awaitable[object]) -> None:
     finally:
         for task in owned:
             task.cancel()
+
+
+async def unless_stopped(stop: asyncio.Event, waiting: Awaitable[T]) -> T | None:
+    """The result of `waiting`, or None (and `waiting` cancelled) if `stop` is set first."""
+    task = asyncio.ensure_future(waiting)
+    await first_of(task, stop.wait())
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None

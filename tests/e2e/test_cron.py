@@ -342,18 +342,19 @@ def test_overlap_forbid_never_runs_two_at_once(make_fleet: MakeFleet) -> None:
     fleet.close()
     report = fleet.cron_report()
     events = fleet.runs()
-    assert not [e for e in events if e.kind == "OVERLAP"], report
-    spans = run_spans(events)
-    for (s1, e1), (s2, _) in itertools.pairwise(spans):
-        assert s2 >= e1, f"runs intersect: [{s1}, {e1}] and a run starting {s2}\n{report}"
+    assert_one_at_a_time(events, report)
     states = Counter(r.state for r in fleet.history())
     assert states["skipped"] >= 3, report
 
 
-def run_spans(events: list[RunEvent]) -> list[tuple[float, float]]:
+def assert_one_at_a_time(events: list[RunEvent], report: str) -> None:
+    """No run found the shared flock held, and no two runs' [start, end] intersect."""
+    assert not [e for e in events if e.kind == "OVERLAP"], report
     starts = {e.pid: e.at for e in events if e.kind == "start"}
     ends = {e.pid: e.at for e in events if e.kind == "end"}
-    return sorted((starts[pid], ends.get(pid, float("inf"))) for pid in starts)
+    spans = sorted((starts[pid], ends.get(pid, float("inf"))) for pid in starts)
+    for (s1, e1), (s2, _) in itertools.pairwise(spans):
+        assert s2 >= e1, f"runs intersect: [{s1}, {e1}] and a run starting {s2}\n{report}"
 
 
 def test_overlap_replace_stops_the_old_run_first(make_fleet: MakeFleet) -> None:
@@ -365,10 +366,7 @@ def test_overlap_replace_stops_the_old_run_first(make_fleet: MakeFleet) -> None:
     fleet.close()
     report = fleet.cron_report()
     events = fleet.runs()
-    assert not [e for e in events if e.kind == "OVERLAP"], report
-    spans = run_spans(events)
-    for (s1, e1), (s2, _) in itertools.pairwise(spans):
-        assert s2 >= e1, f"runs intersect: [{s1}, {e1}] and a run starting {s2}\n{report}"
+    assert_one_at_a_time(events, report)
     replaced = [r for r in fleet.history() if r.state == "stopped"
                 and r.reason == "replaced by a later tick"]
     assert len(replaced) >= 3, report
