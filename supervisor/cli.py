@@ -103,9 +103,10 @@ def run(config_path: Path) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(config_path: Path, as_json: bool) -> None:
-    """The fleet as the database sees it: live nodes, leaders, terms, time left, and each
-    cron worker's next tick (by the database's clock) and latest ticks."""
-    from supervisor.fleetview import cron_section, status_data, status_text
+    """The fleet as the database sees it: live nodes, leaders, terms, time left, each
+    coordinated worker's generation and who holds which index, and each cron worker's
+    next tick (by the database's clock) and latest ticks."""
+    from supervisor.fleetview import coord_section, cron_section, status_data, status_text
 
     settings = _load(config_path)
     with _store(config_path) as store:
@@ -113,7 +114,11 @@ def status(config_path: Path, as_json: bool) -> None:
         members = store.members()
         cron = cron_section(settings.workers, db_now, members,
                             lambda worker, limit: store.cron_runs(worker=worker, limit=limit))
-        data = status_data(store.masked_url, db_now, members, store.leases(), cron)
+        coordinated = coord_section(
+            settings.workers, members, store.coord_view,
+            lambda worker: {g.worker_key for g in store.coord_generations(worker_key=worker)})
+        data = status_data(store.masked_url, db_now, members, store.leases(), cron,
+                           coordinated)
     click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
 
 
@@ -122,11 +127,13 @@ def status(config_path: Path, as_json: bool) -> None:
 @click.argument("worker", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--limit", default=100, show_default=True,
-              help="How many rows at most, terms and runs together.")
+              help="How many rows at most, terms, runs and generations together.")
 def history(config_path: Path, worker: str | None, as_json: bool, limit: int) -> None:
-    """Cron runs and leadership terms, newest first (of one WORKER, or all).
+    """Cron runs, leadership terms and coordinated generations, newest first (of one
+    WORKER, or all).
 
-    A term is placed at the time it was acquired, a cron run at its tick.
+    A term is placed at the time it was acquired, a cron run at its tick, a generation
+    at the time it was published.
     """
     from supervisor.fleetview import history_data, history_text
 
@@ -134,7 +141,8 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
         lease = f"leader/{worker}" if worker else None
         terms = store.terms(lease=lease, limit=limit)
         runs = store.cron_runs(worker=worker, limit=limit)
-    rows = history_data(terms, runs, limit)
+        generations = store.coord_generations(worker_key=worker, limit=limit)
+    rows = history_data(terms, runs, limit, generations)
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 
 

@@ -6,21 +6,39 @@ UTC: "now" is always `store.db_now()`, never this host's clock, so the next cron
 tick and every "in"/"left" figure agree with what the fleet decides. The database
 URL is always shown masked.
 
-History merges leadership terms and cron runs, newest first: a term is placed at
-its `acquired_at`, a run (or a tick nobody ran) at its `tick`, the instant it was
-scheduled for. Both store queries are ordered by that same key, so the newest
-`limit` of the merge are exactly the merge of the newest `limit` of each.
+Coordinated workers (guarantee 5) are shown per worker key (`worker`, or
+`worker/group` for scope group): the published generation and count, each assigned
+member with its index (or standby) and whether it holds a slot, live members not yet
+in a generation ("joining"), and slots still held by processes outside the current
+assignment ("draining": instances of an older generation that have not stopped yet).
+A slot counts as held while it has a holder and is unexpired by the database's clock.
+
+History merges leadership terms, cron runs and coordinated generations, newest first:
+a term is placed at its `acquired_at`, a run (or a tick nobody ran) at its `tick`,
+the instant it was scheduled for, a generation at its `published_at`. Each store query
+is ordered by that same key, so the newest `limit` of the merge are exactly the merge
+of the newest `limit` of each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from supervisor.config import WorkerConfig
+from supervisor.coordination.coordinated import coord_key
 from supervisor.model import Mode, format_utc
 from supervisor.schedule import next_tick, parse_schedule, parse_timezone
-from supervisor.store import CronRunRecord, LeaseState, Member, TermRecord
+from supervisor.store import (
+    CoordGeneration,
+    CoordSlot,
+    CoordStatus,
+    CronRunRecord,
+    Holder,
+    LeaseState,
+    Member,
+    TermRecord,
+)
 
 TICKS_SHOWN = 5  # per cron worker in `status`
 
@@ -29,6 +47,8 @@ TICKS_SHOWN = 5  # per cron worker in `status`
 _SEVERITY = ("running", "lost", "timed_out", "failed", "stopped", "succeeded")
 
 RunReader = Callable[[str, int], Sequence[CronRunRecord]]  # (worker, limit) -> newest first
+ViewReader = Callable[[str], CoordStatus]  # worker key -> its state now
+KeyLister = Callable[[str], Iterable[str]]  # worker -> keys with a published generation
 
 
 def iso(epoch: float | None) -> str | None:
@@ -43,12 +63,24 @@ def worker_of(lease: str) -> tuple[str, str | None]:
     return lease, None
 
 
+def worker_of_key(key: str) -> tuple[str, str | None]:
+    """A coordinated worker key: ("indexer/blue") -> ("indexer", "blue"), ("indexer") ->
+    ("indexer", None). Worker names never contain "/"."""
+    worker, _, group = key.partition("/")
+    return worker, group or None
+
+
+def shown_name(worker: str, group: str | None) -> str:
+    return worker + (f"@{group}" if group else "")
+
+
 # --- status ------------------------------------------------------------------------------
 
 
 def status_data(database: str, db_now: float, members: Sequence[Member],
                 leases: Sequence[LeaseState],
-                cron: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                cron: Sequence[dict[str, Any]] = (),
+                coordinated: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {
         "database": database,
         "database_time": iso(db_now),
@@ -58,6 +90,7 @@ def status_data(database: str, db_now: float, members: Sequence[Member],
             for m in members
         ],
         "leaders": [_lease_data(lease) for lease in leases if lease.name.startswith("leader/")],
+        "coordinated": list(coordinated),
         "cron": list(cron),
     }
 
@@ -75,6 +108,78 @@ def _lease_data(lease: LeaseState) -> dict[str, Any]:
         },
         "time_left": round(lease.seconds_left, 3) if held else 0.0,
     }
+
+
+def coord_section(workers: Mapping[str, WorkerConfig], members: Sequence[Member],
+                  read_view: ViewReader, known_keys: KeyLister) -> list[dict[str, Any]]:
+    """Every coordinated worker of the file, by worker key.
+
+    Scope global: the one key, the worker's name. Scope group: a key per group with a
+    live node (shown even with nothing published yet), and any other key of the worker
+    with a published generation that still has a live member or a held slot (a group
+    whose last nodes went away while their instances may still run).
+    """
+    groups = sorted({m.holder.group for m in members})
+    section = []
+    for name, worker in sorted(workers.items()):
+        if worker.mode is not Mode.COORDINATED:
+            continue
+        if worker.scope != "group":
+            section.append(coord_status(read_view(coord_key(name, worker.scope, ""))))
+            continue
+        keys = {coord_key(name, "group", group) for group in groups}
+        views = [read_view(key) for key in sorted(keys)]
+        for key in sorted({k for k in known_keys(name) if k.startswith(f"{name}/")} - keys):
+            view = read_view(key)
+            if view.members or _held(view):
+                views.append(view)
+        section += [coord_status(view) for view in sorted(views, key=lambda v: v.worker_key)]
+    return section
+
+
+def _held(view: CoordStatus) -> list[CoordSlot]:
+    """The key's slots with a holder and unexpired by the database's clock, by index."""
+    return [s for s in view.slots if s.expires_at > view.db_now]
+
+
+def coord_status(view: CoordStatus) -> dict[str, Any]:
+    """One coordinated worker key as `coord_view` read it."""
+    worker, group = worker_of_key(view.worker_key)
+    held: dict[str, CoordSlot] = {}
+    for slot in sorted(_held(view), key=lambda s: s.generation):  # newest wins
+        held[slot.holder.nonce] = slot
+    live = {m.holder.nonce for m in view.members}
+    assigned = {a.holder.nonce for a in view.assigned}
+    return {
+        "worker": worker,
+        "group": group,
+        "key": view.worker_key,
+        "generation": view.generation,
+        "count": view.count,
+        "published": iso(view.published_at),
+        "members": [
+            {**_holder_data(a.holder),
+             "index": "standby" if a.index is None else a.index,
+             **_slot_data(held.get(a.holder.nonce)),
+             "live": a.holder.nonce in live}
+            for a in view.assigned
+        ],
+        "joining": [{**_holder_data(m.holder), "since": iso(m.joined_at)}
+                    for m in view.members if m.holder.nonce not in assigned],
+        "draining": [{**_holder_data(s.holder), "index": s.index, "generation": s.generation,
+                      "expires_in": round(s.expires_at - view.db_now, 3)}
+                     for s in _held(view) if s.holder.nonce not in assigned],
+    }
+
+
+def _holder_data(holder: Holder) -> dict[str, Any]:
+    return {"node_id": holder.node_id, "group": holder.group, "pid": holder.pid}
+
+
+def _slot_data(slot: CoordSlot | None) -> dict[str, Any]:
+    return {"holding": slot is not None,
+            "slot_index": None if slot is None else slot.index,
+            "slot_generation": None if slot is None else slot.generation}
 
 
 def cron_rows_needed(worker: WorkerConfig, ticks: int = TICKS_SHOWN) -> int:
@@ -193,6 +298,9 @@ def status_text(data: dict[str, Any]) -> str:
             holder = f"{lease['holder']['node_id']} (pid {lease['holder']['pid']})"
             lines.append(f"  {name:<28} {holder:<24} term {lease['term']:<6} "
                          f"time left {lease['time_left']:.1f}s")
+    lines += ["", f"coordinated: {len(data['coordinated'])}"]
+    for coord in data["coordinated"]:
+        lines += _coord_text(coord)
     lines += ["", f"cron: {len(data['cron'])} workers"]
     for cron in data["cron"]:
         lines += _cron_text(cron)
@@ -217,6 +325,47 @@ def _cron_text(cron: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _coord_text(coord: dict[str, Any]) -> list[str]:
+    name = shown_name(coord["worker"], coord["group"])
+    if coord["generation"] == 0:
+        lines = [f"  {name:<28} no generation published yet"]
+    else:
+        lines = [f"  {name:<28} generation {coord['generation']}  count {coord['count']}  "
+                 f"published {coord['published']}"]
+    for member in coord["members"]:
+        index = member["index"]
+        place = "standby" if index == "standby" else f"index {index}"
+        lines.append(f"    {place:<10} {_who(member)}  {_member_state(member, coord)}")
+    for member in coord["joining"]:
+        lines.append(f"    {'joining':<10} {_who(member)}  live since {member['since']}, "
+                     "not in a generation yet")
+    for slot in coord["draining"]:
+        lines.append(f"    {'draining':<10} {_who(slot)}  holds slot {slot['index']} of "
+                     f"generation {slot['generation']} (expires in {slot['expires_in']:.1f}s)")
+    return lines
+
+
+def _who(holder: dict[str, Any]) -> str:
+    return f"{holder['node_id']} pid {holder['pid']:<8}"
+
+
+def _member_state(member: dict[str, Any], coord: dict[str, Any]) -> str:
+    if member["index"] == "standby" and not member["holding"]:
+        state = "standing by"
+    elif not member["holding"]:
+        older = sorted({s["generation"] for s in coord["draining"]} | {
+            m["slot_generation"] for m in coord["members"]
+            if m["holding"] and m["slot_generation"] != coord["generation"]})
+        state = "waiting for its slot" + (
+            f" (generation {', '.join(map(str, older))} still holds slots)" if older else "")
+    elif member["slot_generation"] == coord["generation"]:
+        state = f"holds slot {member['slot_index']}"
+    else:
+        state = (f"holds slot {member['slot_index']} of generation "
+                 f"{member['slot_generation']} (older: stopping)")
+    return state if member["live"] else f"{state} (no longer a live member)"
+
+
 def _run_outcome(run: dict[str, Any]) -> str:
     code = "" if run["exit_code"] is None else f" exit {run['exit_code']}"
     took = "" if run["duration"] is None else f" after {run['duration']:.1f}s"
@@ -228,12 +377,14 @@ def _run_outcome(run: dict[str, Any]) -> str:
 
 
 def history_data(terms: Sequence[TermRecord], runs: Sequence[CronRunRecord] = (),
-                 limit: int | None = None) -> list[dict[str, Any]]:
-    """Terms and cron runs merged, newest first, each row with its `kind` and `at`: a
-    term's acquired_at, a run's tick. On a tie, terms come first; each source keeps its
-    own order."""
+                 limit: int | None = None,
+                 generations: Sequence[CoordGeneration] = ()) -> list[dict[str, Any]]:
+    """Terms, cron runs and coordinated generations merged, newest first, each row with
+    its `kind` and `at`: a term's acquired_at, a run's tick, a generation's published_at.
+    On a tie, terms come first, then runs; each source keeps its own order."""
     keyed = [(r.acquired_at, _term_data(r)) for r in terms]
     keyed += [(r.tick, _history_run(r)) for r in runs]
+    keyed += [(g.published_at, _generation_data(g)) for g in generations]
     keyed.sort(key=lambda pair: pair[0], reverse=True)  # stable, also reversed
     rows = [row for _, row in keyed]
     return rows if limit is None else rows[:limit]
@@ -255,11 +406,26 @@ def _history_run(r: CronRunRecord) -> dict[str, Any]:
             **run_data(r)}
 
 
+def _generation_data(g: CoordGeneration) -> dict[str, Any]:
+    worker, group = worker_of_key(g.worker_key)
+    return {
+        "kind": "generation", "at": iso(g.published_at), "worker": worker, "group": group,
+        "key": g.worker_key, "generation": g.generation, "count": g.count,
+        "members": [h.node_id for h in g.members[:g.count]],  # members[i] had index i
+        "standby": [h.node_id for h in g.members[g.count:]],
+        "published": iso(g.published_at), "ended": iso(g.ended_at),
+        "duration": None if g.ended_at is None else round(g.ended_at - g.published_at, 3),
+    }
+
+
 def history_text(rows: Sequence[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
         if row["kind"] == "run":
             lines.append(_history_run_text(row))
+            continue
+        if row["kind"] == "generation":
+            lines.append(_history_generation_text(row))
             continue
         name = row["worker"] + (f"@{row['group']}" if row["group"] else "")
         took = "" if row["duration"] is None else f" after {row['duration']:.1f}s"
@@ -274,3 +440,12 @@ def _history_run_text(row: dict[str, Any]) -> str:
         why = f" ({row['reason']})" if row["reason"] else ""
         return f"{row['at']}  {row['worker']:<24} tick {row['state']}{why}"
     return f"{row['at']}  {row['worker']:<24} run  slot {row['slot']:<3} {_run_outcome(row)}"
+
+
+def _history_generation_text(row: dict[str, Any]) -> str:
+    name = shown_name(row["worker"], row["group"])
+    members = ", ".join(row["members"]) or "nobody"
+    standby = f" (standby: {', '.join(row['standby'])})" if row["standby"] else ""
+    end = "current" if row["duration"] is None else f"superseded after {row['duration']:.1f}s"
+    return (f"{row['at']}  {name:<24} generation {row['generation']} count {row['count']}: "
+            f"{members}{standby}  {end}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.store import CronRun, Holder
+from supervisor.store import CoordSlot, CronRun, Holder
 from supervisor.store.sql import SqlStore
 from tests.conftest import SUPERVISOR_BIN, worker_command
 
@@ -272,6 +272,183 @@ def test_history_merges_cron_runs_and_terms_newest_first(tmp_path, database_url,
     assert "lead" in lines[3] and "term 1" in lines[3] and "holding" in lines[3]
     assert "tick missed" in lines[4]
     assert "failed exit 3 after 0.5s (exit status 3)" in lines[6]
+    for output in (done.stdout, done.stderr, text.stdout, text.stderr):
+        assert "hunter2" not in output
+
+
+class CoordHistory:
+    """Coordinated memberships, generations and slots written straight into the store, at
+    pinned times in the last half minute by the database's clock (memberships for five
+    minutes, so the CLI sees them live).
+
+    indexer (scope global): generation 1 at t-30 gave node-e index 0 and node-a index 1;
+    node-e has since gone (its membership expired) but still holds slot 0 of generation 1,
+    so generation 2 at t-10 (node-a 0, node-b 1, node-c standby) waits behind it; node-d
+    joined after. shards (scope group): in blue, generation 1 at t-25 gave node-a 0 and
+    node-b 1; node-a holds its slot, node-b's expired; node-d is joining. In red, node-c
+    is a member and nothing is published. A term of `lead` was acquired at t-20.
+    """
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        pid = os.getpid()
+        self.a = Holder("node-a", "blue", pid, "nonce-a")
+        self.b = Holder("node-b", "blue", pid + 1, "nonce-b")
+        self.c = Holder("node-c", "red", pid + 2, "nonce-c")
+        self.d = Holder("node-d", "blue", pid + 3, "nonce-d")
+        self.e = Holder("node-e", "blue", pid + 4, "nonce-e")
+        self.t = t = float(math.floor(store.db_now()))
+        self.sync(self.a, ["indexer", "shards/blue"], now=t - 31)
+        self.sync(self.e, ["indexer"], now=t - 31, ttl=10)
+        self.sync(self.b, ["indexer", "shards/blue"], now=t - 30.5)
+        self.sync(self.c, ["indexer", "shards/red"], now=t - 30.5)
+        assert store.coord_publish("indexer", expected=0, members=[self.e, self.a], count=2,
+                                   now=t - 30) == 1
+        self.slot("indexer", 0, 1, self.e, now=t - 29.5)
+        old = self.slot("indexer", 1, 1, self.a, now=t - 29.5)
+        assert store.coord_publish("shards/blue", expected=0, members=[self.a, self.b],
+                                   count=2, now=t - 25) == 1
+        self.slot("shards/blue", 0, 1, self.a, now=t - 24)
+        self.slot("shards/blue", 1, 1, self.b, now=t - 24, ttl=4)  # lapses at t-20
+        assert store.lease_acquire("leader/lead", self.a, 5, now=t - 20) is not None
+        assert store.coord_publish("indexer", expected=1, members=[self.a, self.b, self.c],
+                                   count=2, now=t - 10) == 2
+        assert store.coord_release_slot(old, now=t - 9)
+        assert store.coord_acquire_slot("indexer", 0, 2, self.a, 300, now=t - 8) is None
+        self.sync(self.d, ["indexer", "shards/blue"], now=t - 5)
+
+    def sync(self, holder: Holder, keys: list[str], *, now: float, ttl: float = 300) -> None:
+        self.store.node_sync(holder, held=[], wanted=[], ttl=ttl, coord_members=keys,
+                             now=now)
+
+    def slot(self, key: str, index: int, generation: int, holder: Holder, *, now: float,
+             ttl: float = 300) -> CoordSlot:
+        got = self.store.coord_acquire_slot(key, index, generation, holder, ttl, now=now)
+        assert got is not None, (key, index, generation, holder)
+        return got
+
+
+COORD_CONFIG = """
+database_url = "{url}"
+
+[workers.indexer]
+command = ["true"]
+mode = "coordinated"
+
+[workers.shards]
+command = ["true"]
+mode = "coordinated"
+scope = "group"
+
+[workers.lead]
+command = ["true"]
+mode = "global-leader"
+"""
+
+
+def test_status_shows_each_coordinated_key_with_indexes_slots_and_joining_members(
+        tmp_path, database_url, database_backend, cron_store):
+    seeded = CoordHistory(cron_store)
+    t = seeded.t
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(COORD_CONFIG.format(url=with_password(database_url, database_backend)))
+
+    done = cli("status", "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert {n["node_id"] for n in data["nodes"]} == {"node-a", "node-b", "node-c", "node-d"}
+    coord = {c["key"]: c for c in data["coordinated"]}
+    assert list(coord) == ["indexer", "shards/blue", "shards/red"]
+    indexer = coord["indexer"]
+    assert set(indexer) == {"worker", "group", "key", "generation", "count", "published",
+                            "members", "joining", "draining"}
+    assert (indexer["worker"], indexer["group"], indexer["generation"], indexer["count"]) == (
+        "indexer", None, 2, 2)
+    assert epoch(indexer["published"]) == pytest.approx(t - 10, abs=1e-3)
+    pid = os.getpid()
+    assert [(m["node_id"], m["pid"], m["index"], m["holding"], m["slot_generation"], m["live"])
+            for m in indexer["members"]] == [
+        ("node-a", pid, 0, False, None, True),
+        ("node-b", pid + 1, 1, False, None, True),
+        ("node-c", pid + 2, "standby", False, None, True),
+    ]
+    assert [(j["node_id"], epoch(j["since"])) for j in indexer["joining"]] == [
+        ("node-d", pytest.approx(t - 5, abs=1e-3))]
+    [draining] = indexer["draining"]
+    assert (draining["node_id"], draining["index"], draining["generation"]) == ("node-e", 0, 1)
+    assert 0 < draining["expires_in"] <= 270.5
+
+    blue = coord["shards/blue"]
+    assert (blue["worker"], blue["group"], blue["generation"], blue["count"]) == (
+        "shards", "blue", 1, 2)
+    assert [(m["node_id"], m["index"], m["holding"], m["slot_index"], m["slot_generation"])
+            for m in blue["members"]] == [("node-a", 0, True, 0, 1),
+                                          ("node-b", 1, False, None, None)]
+    assert [j["node_id"] for j in blue["joining"]] == ["node-d"] and blue["draining"] == []
+    red = coord["shards/red"]
+    assert (red["generation"], red["count"], red["published"], red["members"]) == (
+        0, 0, None, [])
+    assert [j["node_id"] for j in red["joining"]] == ["node-c"]
+
+    text = cli("status", config=cfg)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert "coordinated: 3" in out
+    for line in ("index 0    node-a", "standby    node-c", "joining    node-d",
+                 "draining   node-e", "holds slot 0 of generation 1 (expires in ",
+                 "waiting for its slot (generation 1 still holds slots)",
+                 "index 1    node-b", "standing by", "shards@blue", "shards@red",
+                 "no generation published yet"):
+        assert line in out, line
+    assert re.search(r"indexer +generation 2  count 2  published ", out)
+    assert re.search(r"index 0 +node-a pid \d+ +holds slot 0\n", out)  # in shards@blue
+    assert re.search(r"index 1 +node-b pid \d+ +waiting for its slot\n", out)  # expired
+    for output in (done.stdout, done.stderr, out, text.stderr):
+        assert "hunter2" not in output
+
+
+def test_history_lists_coordinated_generations_among_terms_newest_first(
+        tmp_path, database_url, database_backend, cron_store):
+    t = CoordHistory(cron_store).t
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(COORD_CONFIG.format(url=with_password(database_url, database_backend)))
+
+    done = cli("history", "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [(r["kind"], r["worker"], r.get("group"), round(epoch(r["at"]) - t, 3))
+            for r in rows] == [
+        ("generation", "indexer", None, -10),
+        ("term", "lead", None, -20),
+        ("generation", "shards", "blue", -25),
+        ("generation", "indexer", None, -30),
+    ]
+    newest, _, blue, first = rows
+    assert (newest["key"], newest["generation"], newest["count"], newest["members"],
+            newest["standby"], newest["ended"], newest["duration"]) == (
+        "indexer", 2, 2, ["node-a", "node-b"], ["node-c"], None, None)
+    assert (first["generation"], first["members"], first["standby"]) == (
+        1, ["node-e", "node-a"], [])
+    assert epoch(first["published"]) == pytest.approx(t - 30, abs=1e-3)
+    assert epoch(first["ended"]) == pytest.approx(t - 10, abs=1e-3)
+    assert first["duration"] == pytest.approx(20, abs=1e-3)
+    assert (blue["key"], blue["members"]) == ("shards/blue", ["node-a", "node-b"])
+
+    shards = json.loads(cli("history", "shards", "--json", config=cfg).stdout)
+    assert [(r["key"], r["generation"]) for r in shards] == [("shards/blue", 1)]
+    indexer = json.loads(cli("history", "indexer", "--json", config=cfg).stdout)
+    assert [(r["kind"], r["generation"]) for r in indexer] == [
+        ("generation", 2), ("generation", 1)]
+    assert json.loads(cli("history", "--limit", "2", "--json", config=cfg).stdout) == rows[:2]
+
+    text = cli("history", config=cfg)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 4
+    assert lines[0].endswith("generation 2 count 2: node-a, node-b (standby: node-c)  current")
+    assert "lead" in lines[1] and "term 1" in lines[1]
+    assert "shards@blue" in lines[2] and "generation 1 count 2: node-a, node-b" in lines[2]
+    assert lines[3].endswith("generation 1 count 2: node-e, node-a  superseded after 20.0s")
     for output in (done.stdout, done.stderr, text.stdout, text.stderr):
         assert "hunter2" not in output
 

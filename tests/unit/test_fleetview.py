@@ -5,6 +5,8 @@ from __future__ import annotations
 from supervisor.config import parse_config
 from supervisor.fleetview import (
     TICKS_SHOWN,
+    coord_section,
+    coord_status,
     cron_rows_needed,
     cron_section,
     history_data,
@@ -13,7 +15,17 @@ from supervisor.fleetview import (
     status_text,
     tick_summary,
 )
-from supervisor.store import CronRunRecord, Holder, Member, TermRecord
+from supervisor.store import (
+    CoordAssigned,
+    CoordGeneration,
+    CoordMember,
+    CoordSlot,
+    CoordStatus,
+    CronRunRecord,
+    Holder,
+    Member,
+    TermRecord,
+)
 
 A = Holder("node-a", "blue", 101, "nonce-a")
 B = Holder("node-b", "blue", 202, "nonce-b")
@@ -154,3 +166,166 @@ def test_history_merges_terms_by_acquired_at_and_runs_by_tick_newest_first():
     assert "tick missed (nobody could run it within misfire_grace)" in text[2]
     assert "failed exit 1 after 1.5s" in text[4]
     assert history_text([]) == "no history yet"
+
+
+# --- coordinated -----------------------------------------------------------------------------
+
+C = Holder("node-c", "red", 303, "nonce-c")
+D = Holder("node-d", "blue", 404, "nonce-d")
+E = Holder("node-e", "blue", 505, "nonce-e")
+
+COORD_CONFIG = """
+[workers.indexer]
+command = ["true"]
+mode = "coordinated"
+
+[workers.shards]
+command = ["true"]
+mode = "coordinated"
+scope = "group"
+
+[workers.lead]
+command = ["true"]
+mode = "global-leader"
+"""
+
+
+def slot(key: str, index: int, generation: int, holder: Holder, expires: float) -> CoordSlot:
+    return CoordSlot(key, index, generation, holder, expires)
+
+
+def coord(key: str, generation: int = 0, count: int = 0, *,
+          assigned: tuple[tuple[Holder, int | None], ...] = (),
+          live: tuple[Holder, ...] = (), slots: tuple[CoordSlot, ...] = (),
+          now: float = T0) -> CoordStatus:
+    return CoordStatus(
+        key, now, generation, count, None if generation == 0 else T0 - 30,
+        tuple(CoordAssigned(h, i) for h, i in assigned),
+        tuple(CoordMember(h, T0 - 60 + n, T0 + 10) for n, h in enumerate(live)),
+        slots)
+
+
+def test_a_coordinated_key_shows_indexes_slots_joining_and_draining_by_the_given_clock():
+    key = "indexer"
+    view = coord(key, 3, 3, assigned=((A, 0), (B, 1), (C, 2), (D, None)),
+                 live=(A, B, D, E),
+                 slots=(slot(key, 0, 3, A, T0 + 5),   # A holds its slot
+                        slot(key, 1, 2, C, T0 + 2),   # C still runs generation 2 at index 1
+                        slot(key, 2, 2, E, T0 + 3.25),  # E is no longer assigned: draining
+                        slot(key, 3, 2, B, T0)))      # expired at db_now: not held
+    data = coord_status(view)
+    assert set(data) == {"worker", "group", "key", "generation", "count", "published",
+                         "members", "joining", "draining"}
+    assert (data["worker"], data["group"], data["generation"], data["count"]) == (
+        "indexer", None, 3, 3)
+    assert data["published"] == "2027-01-15T07:59:30.000Z"
+    assert [(m["node_id"], m["pid"], m["index"], m["holding"], m["slot_index"],
+             m["slot_generation"], m["live"]) for m in data["members"]] == [
+        ("node-a", 101, 0, True, 0, 3, True),
+        ("node-b", 202, 1, False, None, None, True),
+        ("node-c", 303, 2, True, 1, 2, False),
+        ("node-d", 404, "standby", False, None, None, True),
+    ]
+    assert data["joining"] == [{"node_id": "node-e", "group": "blue", "pid": 505,
+                                "since": "2027-01-15T07:59:03.000Z"}]
+    assert data["draining"] == [{"node_id": "node-e", "group": "blue", "pid": 505, "index": 2,
+                                 "generation": 2, "expires_in": 3.25}]
+
+    text = status_text(status_data("sqlite:///x.db", T0, [], [], coordinated=[data]))
+    lines = text.splitlines()
+    at = lines.index("coordinated: 1")
+    assert lines[at + 1].split() == ["indexer", "generation", "3", "count", "3", "published",
+                                     "2027-01-15T07:59:30.000Z"]
+    assert lines[at + 2] == "    index 0    node-a pid 101       holds slot 0"
+    assert lines[at + 3] == ("    index 1    node-b pid 202       waiting for its slot "
+                             "(generation 2 still holds slots)")
+    assert lines[at + 4] == ("    index 2    node-c pid 303       holds slot 1 of generation 2 "
+                             "(older: stopping) (no longer a live member)")
+    assert lines[at + 5] == "    standby    node-d pid 404       standing by"
+    assert lines[at + 6] == ("    joining    node-e pid 505       live since "
+                             "2027-01-15T07:59:03.000Z, not in a generation yet")
+    assert lines[at + 7] == ("    draining   node-e pid 505       holds slot 2 of generation 2 "
+                             "(expires in 3.2s)")
+    assert lines[at + 8] == ""
+
+
+def test_a_key_with_nothing_published_lists_its_live_members_as_joining():
+    data = coord_status(coord("shards/blue", live=(A, B)))
+    assert (data["group"], data["generation"], data["count"], data["published"]) == (
+        "blue", 0, 0, None)
+    assert data["members"] == [] and data["draining"] == []
+    assert [m["node_id"] for m in data["joining"]] == ["node-a", "node-b"]
+    text = status_text(status_data("sqlite:///x.db", T0, [], [], coordinated=[data]))
+    assert "  shards@blue" in text and "no generation published yet" in text
+    assert text.count("not in a generation yet") == 2
+
+
+def test_coord_section_reads_one_key_for_global_scope_and_one_per_live_group_for_group():
+    workers = parse_config(COORD_CONFIG).workers
+    members = [Member(A, T0 - 100, T0 + 5), Member(C, T0 - 100, T0 + 5),
+               Member(B, T0 - 90, T0 + 5)]
+    gone = "shards/green"  # its nodes are gone but one of them still holds a slot
+    views = {
+        "indexer": coord("indexer", 1, 3, assigned=((A, 0), (B, 1), (C, 2)), live=(A, B, C)),
+        "shards/blue": coord("shards/blue", 2, 2, assigned=((A, 0), (B, 1)), live=(A, B)),
+        "shards/red": coord("shards/red", live=(C,)),
+        gone: coord(gone, 4, 1, assigned=((E, 0),), slots=(slot(gone, 0, 4, E, T0 + 1),)),
+        "shards/old": coord("shards/old", 1, 1, assigned=((D, 0),),
+                            slots=(slot("shards/old", 0, 1, D, T0 - 1),)),
+    }
+    read: list[str] = []
+
+    def read_view(key: str) -> CoordStatus:
+        read.append(key)
+        return views[key]
+
+    known = {"shards": ["shards/blue", "shards/old", gone, "shards/blue"], "indexer": []}
+    section = coord_section(workers, members, read_view, lambda worker: known[worker])
+    assert [(c["worker"], c["group"], c["key"]) for c in section] == [
+        ("indexer", None, "indexer"),
+        ("shards", "blue", "shards/blue"),
+        ("shards", "green", "shards/green"),
+        ("shards", "red", "shards/red"),
+    ]  # shards/old: nothing live any more
+    assert sorted(read) == sorted(["indexer", "shards/blue", "shards/red", gone, "shards/old"])
+    assert section[2]["draining"] == [] and section[2]["members"][0]["holding"] is True
+    assert status_data("sqlite:///x.db", T0, members, [])["coordinated"] == []
+
+
+def test_history_places_generations_at_their_publish_time_with_members_in_index_order():
+    generations = [
+        CoordGeneration("shards/blue", 3, 2, (B, A, D), T0 - 1, None),
+        CoordGeneration("indexer", 2, 3, (A, B), T0 - 3, None),
+        CoordGeneration("indexer", 1, 1, (A,), T0 - 7, T0 - 3),
+    ]
+    terms = [TermRecord("leader/lead", 2, A, T0 - 2, None, None, None)]
+    runs = [run(3, T0, 0, A, "running", claimed=T0 + 0.2)]
+    rows = history_data(terms, runs, generations=generations)
+    assert [(r["kind"], r["at"]) for r in rows] == [
+        ("run", "2027-01-15T08:00:00.000Z"),
+        ("generation", "2027-01-15T07:59:59.000Z"),
+        ("term", "2027-01-15T07:59:58.000Z"),
+        ("generation", "2027-01-15T07:59:57.000Z"),
+        ("generation", "2027-01-15T07:59:53.000Z"),
+    ]
+    newest = rows[1]
+    assert newest == {
+        "kind": "generation", "at": "2027-01-15T07:59:59.000Z", "worker": "shards",
+        "group": "blue", "key": "shards/blue", "generation": 3, "count": 2,
+        "members": ["node-b", "node-a"], "standby": ["node-d"],
+        "published": "2027-01-15T07:59:59.000Z", "ended": None, "duration": None,
+    }
+    assert rows[3]["members"] == ["node-a", "node-b"] and rows[3]["count"] == 3
+    assert (rows[4]["ended"], rows[4]["duration"]) == ("2027-01-15T07:59:57.000Z", 4.0)
+    assert [r["kind"] for r in history_data(terms, runs, 3, generations)] == [
+        "run", "generation", "term"]
+    # a tie: terms, then runs, then generations
+    tied = history_data(terms, [], generations=[CoordGeneration("indexer", 5, 1, (A,), T0 - 2,
+                                                                None)])
+    assert [r["kind"] for r in tied] == ["term", "generation"]
+
+    text = history_text(rows).splitlines()
+    assert text[1] == ("2027-01-15T07:59:59.000Z  shards@blue              generation 3 count 2: "
+                       "node-b, node-a (standby: node-d)  current")
+    assert text[4].endswith("indexer                  generation 1 count 1: node-a  "
+                            "superseded after 4.0s")
