@@ -24,6 +24,13 @@ tests/integration/test_store.py, on SQLite, PostgreSQL and MariaDB):
   node's membership row, renews every lease the node holds and tries every lease it
   wants, in one transaction, so the cost per node does not grow with its workers.
 - Every term is recorded in the history (who, term, acquired, ended, how, why).
+- Coordinated workers (guarantee 5): a worker key (`worker`, or `worker/group` for
+  scope group) has members (processes renewing a row in node_sync), published
+  generations (a number that only grows, each with a count and the index of each
+  member) and slots (index i of a generation, held like a lease). A slot of a
+  generation is acquired only while no slot of an older generation of the key is
+  held and unexpired: no instance of a new generation starts while one of an older
+  generation may still run.
 - Failure to reach the database raises `StoreUnavailable`; other database failures
   `StoreError`, chained from the driver's exception. Messages never contain the
   database password.
@@ -144,6 +151,73 @@ class CronRunRecord:
 
 
 @dataclass(frozen=True)
+class CoordMember:
+    """A member of a coordinated worker key: a supervisor process renewing its row."""
+
+    holder: Holder
+    joined_at: float  # database time of its first renewal since it was last live
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class CoordView:
+    """A coordinated worker key as one member sees it after node_sync."""
+
+    worker_key: str
+    generation: int  # the published generation; 0 while none is
+    count: int  # its count: indexes 0..count-1
+    index: int | None  # this holder's index in it; None: standing by, or not in it
+    published_at: float | None  # database time; None while none is published
+    # Live members (unexpired), by joined_at then nonce; None for a key not watched.
+    members: tuple[CoordMember, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CoordSlot:
+    """Index `index` of generation `generation` of a worker key, held like a lease."""
+
+    worker_key: str
+    index: int
+    generation: int
+    holder: Holder
+    expires_at: float  # database time; renewed by node_sync while the child runs
+
+
+@dataclass(frozen=True)
+class CoordAssigned:
+    """One member of a published generation and its index (None: it stands by)."""
+
+    holder: Holder
+    index: int | None
+
+
+@dataclass(frozen=True)
+class CoordStatus:
+    """A coordinated worker key as anyone sees it (for `supervisor status`)."""
+
+    worker_key: str
+    db_now: float  # the database's clock when read: what `expires_at`s compare with
+    generation: int  # 0 while none is published
+    count: int
+    published_at: float | None
+    assigned: tuple[CoordAssigned, ...]  # the current generation's members, in order
+    members: tuple[CoordMember, ...]  # live members, by joined_at then nonce
+    slots: tuple[CoordSlot, ...]  # slots with a holder (expired ones too), by index
+
+
+@dataclass(frozen=True)
+class CoordGeneration:
+    """One published generation of a worker key, from publish to the next one."""
+
+    worker_key: str
+    generation: int
+    count: int
+    members: tuple[Holder, ...]  # members[i] had index i for i < count; the rest stood by
+    published_at: float
+    ended_at: float | None  # when the next generation was published; None while current
+
+
+@dataclass(frozen=True)
 class SyncResult:
     db_now: float  # the database's clock during the transaction
     kept: dict[str, Lease] = field(default_factory=dict)  # held leases, renewed
@@ -155,6 +229,9 @@ class SyncResult:
     # children and ends them with cron_finish(..., "stopped"); until then they stay
     # running (and renewed), or expire and are marked lost by maintain.
     runs_stop: tuple[int, ...] = ()
+    coord: dict[str, CoordView] = field(default_factory=dict)  # per key of coord_members
+    slots_kept: dict[tuple[str, int], CoordSlot] = field(default_factory=dict)  # renewed
+    slots_lost: tuple[tuple[str, int], ...] = ()  # (worker_key, index) no longer held
 
 
 class CoordinationStore(Protocol):
@@ -190,16 +267,32 @@ class CoordinationStore(Protocol):
         wanted: Sequence[str],
         ttl: float,
         runs: Sequence[CronRun] = (),
+        coord_members: Sequence[str] = (),
+        coord_slots: Sequence[CoordSlot] = (),
+        coord_watch: Sequence[str] | None = None,
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
         one transaction.
 
         `wanted` rows must exist (`lease_ensure`, once per lease, not per call).
+
+        Coordinated workers, in the same transaction and at a cost that does not grow
+        with their number: renew this holder's membership of each key in
+        `coord_members` (expiry now + ttl; `joined_at` is kept while the row is
+        unexpired, and starts again at now when it had expired: a rejoin), and report
+        each such key in `SyncResult.coord`: the published generation, its count and
+        this holder's index in it. Live members are listed for the keys in
+        `coord_watch` (None: every key of `coord_members`), so that only whoever
+        publishes reads the whole membership. Renew each slot of `coord_slots` still
+        held by this holder in the same generation and unexpired (`slots_kept`, by
+        (worker_key, index)); the others are `slots_lost`. A slot is renewed even when a
+        newer generation was published: it covers a child that still runs.
         """
 
     def node_leave(self, holder: Holder) -> None:
-        """Remove this process's membership row (clean stop)."""
+        """Remove this process's membership rows, of the node and of every coordinated
+        worker key (clean stop): its place in the next generation goes at once."""
 
     def members(self, *, now: float | None = None) -> list[Member]:
         """Live members, unexpired by the database's clock."""
@@ -213,7 +306,10 @@ class CoordinationStore(Protocol):
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
         """Close terms whose holder stopped renewing ("expired") and cron runs whose
         holder stopped renewing ("lost"): nothing is left running for ever. Delete up to
-        `batch` terms and runs that ended more than `keep` seconds ago."""
+        `batch` terms and runs that ended more than `keep` seconds ago, and up to `batch`
+        coordinated generations superseded more than `keep` seconds ago (the current
+        generation of a key is never deleted). Expired coordinated memberships are
+        removed."""
 
     def cron_claim(
         self,
@@ -284,6 +380,58 @@ class CoordinationStore(Protocol):
         Returns the ticks this call recorded, sorted. Safe when many nodes call it at once
         and while others claim: a tick gets at most one tick-level record, and never one
         beside a run."""
+
+    def coord_publish(
+        self,
+        worker_key: str,
+        *,
+        expected: int,
+        members: Sequence[Holder],
+        count: int,
+        now: float | None = None,
+    ) -> int | None:
+        """Publish generation `expected + 1` of the key if its current generation is
+        still `expected` (0: none yet): a compare-and-set, so each generation number is
+        published once, by one caller. `members[i]` gets index i for i < count; the rest
+        stand by with no index (and indexes from len(members) to count - 1 have nobody).
+        The assignment, the key's slot rows 0..count-1 and the history record are
+        written in the same transaction. Returns the new generation, or None if the
+        current generation is not `expected` (someone published first). Who publishes,
+        and when, is the caller's: whoever holds the worker's coordination lease.
+        ValueError for a negative `expected` or `count`, or a member listed twice."""
+
+    def coord_acquire_slot(
+        self,
+        worker_key: str,
+        index: int,
+        generation: int,
+        holder: Holder,
+        ttl: float,
+        *,
+        now: float | None = None,
+    ) -> CoordSlot | None:
+        """Hold slot `index` of `generation` until now + ttl (database time), if in one
+        transaction: `generation` is the key's current one, its assignment gives this
+        holder `index`, the slot is free, expired or already this holder's in this
+        generation, and no slot of the key with an older generation is held and
+        unexpired (the barrier). None otherwise: a slot of generation g blocks every
+        slot of g + 1 until it is released or expires."""
+
+    def coord_release_slot(self, slot: CoordSlot, *, now: float | None = None) -> bool:
+        """Free the slot at once if still held by this holder in this generation and
+        unexpired; False if not (an expired slot was lost, not given back)."""
+
+    def coord_leave(self, worker_key: str, holder: Holder) -> None:
+        """Remove this holder's membership of one worker key (the worker was removed)."""
+
+    def coord_view(self, worker_key: str, *, now: float | None = None) -> CoordStatus:
+        """The key's current generation, assignment, live members and held slots."""
+
+    def coord_generations(
+        self, *, worker_key: str | None = None, limit: int = 100
+    ) -> list[CoordGeneration]:
+        """Published generations, newest first; `worker_key` selects the key itself and
+        its per-group keys (`worker_key/group`)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -17,11 +17,14 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
 )
+from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
 metadata = MetaData()
 
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+LONG_TEXT = Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")  # TEXT is 64 KiB there
 
 leases = Table(
     "fs_leases",
@@ -88,4 +91,68 @@ cron_runs = Table(
     # 1: a later tick replaces this run (overlap = replace); its holder stops the child
     Column("stop_requested", SmallInteger, nullable=False, server_default="0"),
     sqlite_autoincrement=True,  # tokens only grow, even after history was pruned
+)
+
+# --- coordinated workers: a worker key is `worker`, or `worker/group` for scope group ---
+
+coord_members = Table(  # one row per (worker key, supervisor process), renewed in node_sync
+    "fs_coord_members",
+    metadata,
+    Column("worker_key", String(255), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("node_id", String(200), nullable=False),
+    Column("group_name", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("joined_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+
+coord_state = Table(  # the published generation of each key: a compare-and-set target
+    "fs_coord_state",
+    metadata,
+    Column("worker_key", String(255), primary_key=True),
+    Column("generation", BigInteger, nullable=False, default=0),  # only grows
+    Column("slot_count", Integer, nullable=False, default=0),  # the generation's count
+    Column("published_at", Double),
+    Column("claim", String(32)),
+)
+
+coord_assignments = Table(  # the current generation's members and indexes
+    "fs_coord_assignments",
+    metadata,
+    Column("worker_key", String(255), primary_key=True),
+    Column("generation", BigInteger, primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("node_id", String(200), nullable=False),
+    Column("group_name", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("position", Integer, nullable=False),  # in the published member list
+    Column("slot_index", Integer),  # None: stands by
+)
+
+coord_slots = Table(  # index i of a key, held like a lease by one generation's member
+    "fs_coord_slots",
+    metadata,
+    Column("worker_key", String(255), primary_key=True),
+    Column("slot_index", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False, default=0),
+    Column("holder_node", String(200)),
+    Column("holder_group", String(200)),
+    Column("holder_pid", Integer),
+    Column("holder_nonce", String(64)),
+    Column("claim", String(32)),
+    Column("acquired_at", Double),
+    Column("expires_at", Double, nullable=False, default=0.0),
+)
+
+coord_generations = Table(  # history: one row per published generation
+    "fs_coord_generations",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("worker_key", String(255), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("slot_count", Integer, nullable=False),
+    Column("members", LONG_TEXT, nullable=False),  # JSON [[node, group, pid, nonce], ...]
+    Column("published_at", Double, nullable=False),
+    Column("ended_at", Double),  # when the next generation was published
 )

@@ -55,6 +55,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.model import mask_url
 from supervisor.store import (
+    CoordSlot,
     CronRun,
     Holder,
     Lease,
@@ -65,6 +66,7 @@ from supervisor.store import (
 )
 from supervisor.store.dbclock import _claim, _DbNow, _now
 from supervisor.store.schema import leases, members, terms
+from supervisor.store.sql_coord import CoordSql
 from supervisor.store.sql_cron import CronSql
 
 MIGRATE_LOCK = 0x46535550  # "FSUP": the advisory lock id around schema upgrades
@@ -76,7 +78,7 @@ class _Deadlock(StoreError):
     """The database chose this transaction as a deadlock victim; it is safe to retry."""
 
 
-class SqlStore(CronSql):
+class SqlStore(CronSql, CoordSql):
     """`CoordinationStore` over one SQLAlchemy engine of its own."""
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
@@ -351,6 +353,9 @@ class SqlStore(CronSql):
         wanted: Sequence[str],
         ttl: float,
         runs: Sequence[CronRun] = (),
+        coord_members: Sequence[str] = (),
+        coord_slots: Sequence[CoordSlot] = (),
+        coord_watch: Sequence[str] | None = None,
         now: float | None = None,
     ) -> SyncResult:
         def work(conn: Connection) -> SyncResult:
@@ -360,8 +365,11 @@ class SqlStore(CronSql):
             lost = tuple(lease.name for lease in held if lease.name not in kept)
             runs_kept, runs_stop = self._renew_runs(conn, holder, runs, ttl, now)
             runs_lost = tuple(run.token for run in runs if run.token not in runs_kept)
+            coord, slots_kept, slots_lost = self._coord_sync(
+                conn, holder, coord_members, coord_watch, coord_slots, ttl, now)
             return SyncResult(db_now=db_now, kept=kept, lost=lost, acquired=acquired,
-                              runs_kept=runs_kept, runs_lost=runs_lost, runs_stop=runs_stop)
+                              runs_kept=runs_kept, runs_lost=runs_lost, runs_stop=runs_stop,
+                              coord=coord, slots_kept=slots_kept, slots_lost=slots_lost)
 
         return self._run(work)
 
@@ -383,7 +391,11 @@ class SqlStore(CronSql):
                                   .where(members.c.nonce == holder.nonce)).scalar_one())
 
     def node_leave(self, holder: Holder) -> None:
-        self._run(lambda conn: conn.execute(delete(members).where(members.c.nonce == holder.nonce)))
+        def work(conn: Connection) -> None:
+            conn.execute(delete(members).where(members.c.nonce == holder.nonce))
+            self._coord_leave_all(conn, holder)
+
+        self._run(work)
 
     def listen_released(self, wake: Callable[[], None], stop: threading.Event) -> bool:
         """PostgreSQL: call `wake` on every lease release until `stop`; False elsewhere."""
@@ -439,8 +451,9 @@ class SqlStore(CronSql):
 
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
         """Close terms whose holder stopped renewing (outcome "expired") and cron runs
-        whose node stopped renewing ("lost"); delete terms and runs that ended more than
-        `keep` seconds ago, at most `batch` of each. Returns how many were deleted."""
+        whose node stopped renewing ("lost"); delete terms, runs and coordinated
+        generations that ended more than `keep` seconds ago, at most `batch` of each, and
+        expired coordinated memberships. Returns how many history rows were deleted."""
         clock = _now(now)
         current = leases.alias("current")
         same_term = and_(current.c.name == terms.c.lease, current.c.term == terms.c.term)
@@ -463,7 +476,8 @@ class SqlStore(CronSql):
             if old:
                 conn.execute(delete(terms).where(terms.c.id.in_(old)))
             self._close_lost_runs(conn, now)
-            return len(old) + self._prune_runs(conn, keep, now, batch)
+            pruned = self._prune_runs(conn, keep, now, batch)
+            return len(old) + pruned + self._coord_maintain(conn, keep, now, batch)
 
 
 def _sqlite_immediate(engine: Engine, busy_ms: int) -> None:

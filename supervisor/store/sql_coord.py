@@ -1,0 +1,396 @@
+"""Coordinated workers on SQL: memberships, generations and slots (mixed into SqlStore).
+
+A worker key (`worker`, or `worker/group` for scope group) has a membership row per
+supervisor process, renewed in node_sync; a state row holding its published generation;
+the assignment of that generation (who has which index); a slot row per index, held
+like a lease; and a history row per generation. Invariants, each enforced by the
+database in the transaction that decides:
+
+- one generation per number, and numbers only grow: `coord_publish` is a guarded UPDATE
+  of the state row from `expected` to `expected + 1`, stamped with a claim and read
+  back; the history is unique on (worker_key, generation) besides. The assignment, the
+  slot rows and the history row are written in the same transaction.
+- the barrier: `coord_acquire_slot` locks the key's state row (FOR UPDATE), so that it
+  and a publish of the key queue for each other, then locks every held slot row of an
+  older generation (FOR UPDATE, expiry judged after the lock on the row's latest
+  version: a renewal still in flight is waited for, never missed), and takes the slot
+  only if none of them is unexpired. So a slot of generation g + 1 is taken only after
+  every slot of g was released or had expired by the database's clock.
+- a slot is renewed by node_sync only for its holder, in its generation, while
+  unexpired: once expired (judged by the barrier as free) it is never revived.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, case, delete, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from supervisor.store import (
+    CoordAssigned,
+    CoordGeneration,
+    CoordMember,
+    CoordSlot,
+    CoordStatus,
+    CoordView,
+    Holder,
+)
+from supervisor.store.dbclock import _claim, _now
+from supervisor.store.schema import (
+    coord_assignments,
+    coord_generations,
+    coord_members,
+    coord_slots,
+    coord_state,
+)
+
+T = TypeVar("T")
+SlotKey = tuple[str, int]
+_m, _s, _a, _sl, _g = (coord_members.c, coord_state.c, coord_assignments.c, coord_slots.c,
+                       coord_generations.c)
+
+
+class CoordSql:
+    """The coordinated part of SqlStore; relies on its `_run`, `_returning` and `backend`."""
+
+    backend: str
+    _returning: bool
+
+    def _run(self, work: Callable[[Connection], T]) -> T:  # provided by SqlStore
+        raise NotImplementedError
+
+    # --- generations -----------------------------------------------------------------------
+
+    def coord_publish(
+        self,
+        worker_key: str,
+        *,
+        expected: int,
+        members: Sequence[Holder],
+        count: int,
+        now: float | None = None,
+    ) -> int | None:
+        if expected < 0 or count < 0:
+            raise ValueError(f"expected and count are >= 0, not {expected} and {count}")
+        if len({member.nonce for member in members}) != len(members):
+            raise ValueError("a member is listed twice")
+        if expected == 0:
+            # In a transaction of its own, as lease_acquire does: on MariaDB an INSERT
+            # IGNORE and the UPDATE in one transaction deadlock against a competitor.
+            self._run(lambda conn: self._coord_insert_if_absent(
+                conn, coord_state, [{"worker_key": worker_key, "generation": 0,
+                                     "slot_count": 0}]))
+        return self._run(lambda conn: self._coord_publish(conn, worker_key, expected,
+                                                          members, count, now))
+
+    def _coord_publish(self, conn: Connection, key: str, expected: int,
+                       members: Sequence[Holder], count: int, now: float | None) -> int | None:
+        claim = _claim()
+        new = expected + 1
+        stmt = (update(coord_state)
+                .where(_s.worker_key == key, _s.generation == expected)
+                .values(generation=new, slot_count=count, published_at=_now(now), claim=claim))
+        if self._returning:
+            row = conn.execute(stmt.returning(_s.published_at)).first()
+        else:
+            conn.execute(stmt)
+            row = conn.execute(select(_s.published_at).where(  # our own write: no lock
+                _s.worker_key == key, _s.claim == claim)).first()
+        if row is None:
+            return None  # the current generation is not `expected`: someone published first
+        published_at = float(row.published_at)
+        conn.execute(delete(coord_assignments).where(_a.worker_key == key, _a.generation < new))
+        if members:
+            conn.execute(insert(coord_assignments), [
+                {"worker_key": key, "generation": new, "nonce": h.nonce, "node_id": h.node_id,
+                 "group_name": h.group, "pid": h.pid, "position": i,
+                 "slot_index": i if i < count else None} for i, h in enumerate(members)])
+        if count:
+            self._coord_insert_if_absent(conn, coord_slots, [
+                {"worker_key": key, "slot_index": i, "generation": 0, "expires_at": 0.0}
+                for i in range(count)])
+        conn.execute(update(coord_generations)
+                     .where(_g.worker_key == key, _g.generation < new, _g.ended_at.is_(None))
+                     .values(ended_at=published_at))
+        conn.execute(insert(coord_generations).values(
+            worker_key=key, generation=new, slot_count=count, published_at=published_at,
+            members=json.dumps([[h.node_id, h.group, h.pid, h.nonce] for h in members],
+                               separators=(",", ":"))))
+        return new
+
+    def _coord_insert_if_absent(self, conn: Connection, table: Any,
+                                rows: list[dict[str, Any]]) -> None:
+        if self.backend == "postgresql":
+            conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
+        elif self.backend == "sqlite":
+            conn.execute(sqlite_insert(table).values(rows).on_conflict_do_nothing())
+        else:
+            conn.execute(mysql_insert(table).values(rows).prefix_with("IGNORE"))
+
+    def coord_generations(
+        self, *, worker_key: str | None = None, limit: int = 100
+    ) -> list[CoordGeneration]:
+        query = (select(coord_generations)
+                 .order_by(_g.published_at.desc(), _g.id.desc()).limit(limit))
+        if worker_key is not None:  # the key itself, or its per-group keys "key/group"
+            query = query.where(or_(_g.worker_key == worker_key,
+                                    _g.worker_key.startswith(f"{worker_key}/", autoescape=True)))
+
+        def work(conn: Connection) -> list[CoordGeneration]:
+            return [CoordGeneration(
+                r.worker_key, int(r.generation), int(r.slot_count),
+                tuple(Holder(node, group, int(pid), nonce)
+                      for node, group, pid, nonce in json.loads(r.members)),
+                float(r.published_at), None if r.ended_at is None else float(r.ended_at),
+            ) for r in conn.execute(query)]
+
+        return self._run(work)
+
+    # --- slots -----------------------------------------------------------------------------
+
+    def coord_acquire_slot(
+        self,
+        worker_key: str,
+        index: int,
+        generation: int,
+        holder: Holder,
+        ttl: float,
+        *,
+        now: float | None = None,
+    ) -> CoordSlot | None:
+        def work(conn: Connection) -> CoordSlot | None:
+            current = conn.execute(select(_s.generation).where(_s.worker_key == worker_key)
+                                   .with_for_update()).scalar()
+            if current is None or int(current) != generation:
+                return None
+            assigned = conn.execute(select(_a.slot_index).where(
+                _a.worker_key == worker_key, _a.generation == generation,
+                _a.nonce == holder.nonce)).first()
+            if assigned is None or assigned.slot_index != index:
+                return None
+            if self._coord_older_slot_live(conn, worker_key, generation, now):
+                return None
+            return self._coord_take_slot(conn, worker_key, index, generation, holder, ttl, now)
+
+        return self._run(work)
+
+    def _coord_older_slot_live(self, conn: Connection, key: str, generation: int,
+                               now: float | None) -> bool:
+        """The barrier: whether a slot of an older generation is held and unexpired.
+
+        Every held older row is locked, whatever its expiry, and its expiry is compared
+        after the lock: a row whose renewal is in flight looks expired in the snapshot
+        but is not once that renewal commits."""
+        live = conn.execute(
+            select((_sl.expires_at > _now(now)).label("live"))
+            .where(_sl.worker_key == key, _sl.generation < generation,
+                   _sl.holder_nonce.is_not(None))
+            .with_for_update()
+        ).scalars().all()
+        return any(bool(value) for value in live)
+
+    def _coord_take_slot(self, conn: Connection, key: str, index: int, generation: int,
+                         holder: Holder, ttl: float, now: float | None) -> CoordSlot | None:
+        claim = _claim()
+        clock = _now(now)
+        stmt = (
+            update(coord_slots)
+            .where(_sl.worker_key == key, _sl.slot_index == index,
+                   or_(_sl.holder_nonce.is_(None), _sl.expires_at <= clock,
+                       and_(_sl.holder_nonce == holder.nonce, _sl.generation == generation)))
+            .values(generation=generation, holder_node=holder.node_id,
+                    holder_group=holder.group, holder_pid=holder.pid,
+                    holder_nonce=holder.nonce, claim=claim, acquired_at=clock,
+                    expires_at=clock + ttl)
+        )
+        rows = self._coord_slots_written(conn, stmt, claim, [(key, index)])
+        if not rows:
+            return None
+        return CoordSlot(key, index, generation, holder, float(rows[0].expires_at))
+
+    def _coord_slots_written(self, conn: Connection, stmt: Any, claim: str,
+                             keys: list[SlotKey]) -> list[Any]:
+        """Run a claim-stamping UPDATE of the slots `keys` and read back the rows it really
+        changed (without RETURNING: a re-select of those rows by claim, by primary key, so
+        it reads only rows this transaction locked or did not change)."""
+        cols = (_sl.worker_key, _sl.slot_index, _sl.generation, _sl.expires_at)
+        if self._returning:
+            return list(conn.execute(stmt.returning(*cols)))
+        conn.execute(stmt)
+        return list(conn.execute(select(*cols).where(
+            tuple_(_sl.worker_key, _sl.slot_index).in_(keys), _sl.claim == claim)))
+
+    def coord_release_slot(self, slot: CoordSlot, *, now: float | None = None) -> bool:
+        claim = _claim()
+
+        def work(conn: Connection) -> bool:
+            clock = _now(now)
+            stmt = (update(coord_slots)
+                    .where(_sl.worker_key == slot.worker_key, _sl.slot_index == slot.index,
+                           _sl.generation == slot.generation,
+                           _sl.holder_nonce == slot.holder.nonce, _sl.expires_at > clock)
+                    .values(holder_node=None, holder_group=None, holder_pid=None,
+                            holder_nonce=None, claim=claim, expires_at=clock))
+            return bool(self._coord_slots_written(conn, stmt, claim,
+                                                  [(slot.worker_key, slot.index)]))
+
+        return self._run(work)
+
+    # --- in node_sync ----------------------------------------------------------------------
+
+    def _coord_sync(
+        self, conn: Connection, holder: Holder, keys: Sequence[str],
+        watch: Sequence[str] | None, slots: Sequence[CoordSlot], ttl: float,
+        now: float | None,
+    ) -> tuple[dict[str, CoordView], dict[SlotKey, CoordSlot], tuple[SlotKey, ...]]:
+        """Membership renewal, views and slot renewal: a few statements however many keys."""
+        keys = list(dict.fromkeys(keys))
+        views: dict[str, CoordView] = {}
+        if keys:
+            self._coord_join(conn, holder, keys, ttl, now)
+            wanted = set(keys if watch is None else watch)
+            watched = [key for key in keys if key in wanted]
+            live = self._coord_live_members(conn, watched, now)
+            views = self._coord_views(conn, holder, keys, live)
+        kept = self._coord_renew_slots(conn, holder, slots, ttl, now)
+        lost = tuple(key for key in dict.fromkeys((s.worker_key, s.index) for s in slots)
+                     if key not in kept)
+        return views, kept, lost
+
+    def _coord_join(self, conn: Connection, holder: Holder, keys: list[str], ttl: float,
+                    now: float | None) -> None:
+        """Upsert this holder's membership of each key. An unexpired row keeps its
+        joined_at; an expired one is a rejoin and starts again (from the inserted row's
+        clock, so both columns come from one reading)."""
+        clock = _now(now)
+        rows = [{"worker_key": key, "nonce": holder.nonce, "node_id": holder.node_id,
+                 "group_name": holder.group, "pid": holder.pid, "joined_at": clock,
+                 "expires_at": clock + ttl} for key in keys]
+        if self.backend in ("postgresql", "sqlite"):
+            upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(
+                coord_members).values(rows)
+            new = upsert.excluded
+            conn.execute(upsert.on_conflict_do_update(
+                index_elements=["worker_key", "nonce"],
+                set_={"joined_at": case((_m.expires_at <= new.joined_at, new.joined_at),
+                                        else_=_m.joined_at),
+                      "expires_at": new.expires_at}))
+            return
+        my = mysql_insert(coord_members).values(rows)
+        new = my.inserted
+        conn.execute(my.on_duplicate_key_update([  # in order: MySQL assigns left to right
+            ("joined_at", case((_m.expires_at <= new.joined_at, new.joined_at),
+                               else_=_m.joined_at)),
+            ("expires_at", new.expires_at)]))
+
+    def _coord_live_members(self, conn: Connection, keys: Sequence[str],
+                            now: float | None) -> dict[str, list[CoordMember]]:
+        live: dict[str, list[CoordMember]] = {key: [] for key in keys}
+        if not keys:
+            return live
+        rows = conn.execute(
+            select(coord_members)
+            .where(_m.worker_key.in_(keys), _m.expires_at > _now(now))
+            .order_by(_m.worker_key, _m.joined_at, _m.nonce))
+        for r in rows:
+            live[r.worker_key].append(CoordMember(
+                Holder(r.node_id, r.group_name, int(r.pid), r.nonce),
+                float(r.joined_at), float(r.expires_at)))
+        return live
+
+    def _coord_views(self, conn: Connection, holder: Holder, keys: list[str],
+                     live: dict[str, list[CoordMember]]) -> dict[str, CoordView]:
+        mine = and_(_a.worker_key == _s.worker_key, _a.generation == _s.generation,
+                    _a.nonce == holder.nonce)
+        rows = conn.execute(
+            select(_s.worker_key, _s.generation, _s.slot_count, _s.published_at,
+                   _a.slot_index)
+            .select_from(coord_state.outerjoin(coord_assignments, mine))
+            .where(_s.worker_key.in_(keys)))
+        state = {r.worker_key: r for r in rows}
+        views = {}
+        for key in keys:
+            members = tuple(live[key]) if key in live else None
+            r = state.get(key)
+            if r is None:
+                views[key] = CoordView(key, 0, 0, None, None, members)
+                continue
+            views[key] = CoordView(
+                key, int(r.generation), int(r.slot_count),
+                None if r.slot_index is None else int(r.slot_index),
+                None if r.published_at is None else float(r.published_at), members)
+        return views
+
+    def _coord_renew_slots(self, conn: Connection, holder: Holder, slots: Sequence[CoordSlot],
+                           ttl: float, now: float | None) -> dict[SlotKey, CoordSlot]:
+        if not slots:
+            return {}
+        claim = _claim()
+        clock = _now(now)
+        stmt = (
+            update(coord_slots)
+            .where(tuple_(_sl.worker_key, _sl.slot_index, _sl.generation).in_(
+                       [(s.worker_key, s.index, s.generation) for s in slots]),
+                   _sl.holder_nonce == holder.nonce, _sl.expires_at > clock)
+            .values(claim=claim, expires_at=clock + ttl)
+        )
+        keys = [(s.worker_key, s.index) for s in slots]
+        return {(r.worker_key, int(r.slot_index)): CoordSlot(
+            r.worker_key, int(r.slot_index), int(r.generation), holder, float(r.expires_at))
+            for r in self._coord_slots_written(conn, stmt, claim, keys)}
+
+    def _coord_leave_all(self, conn: Connection, holder: Holder) -> None:
+        conn.execute(delete(coord_members).where(_m.nonce == holder.nonce))
+
+    def coord_leave(self, worker_key: str, holder: Holder) -> None:
+        self._run(lambda conn: conn.execute(delete(coord_members).where(
+            _m.worker_key == worker_key, _m.nonce == holder.nonce)))
+
+    # --- status and upkeep -----------------------------------------------------------------
+
+    def coord_view(self, worker_key: str, *, now: float | None = None) -> CoordStatus:
+        def work(conn: Connection) -> CoordStatus:
+            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            state = conn.execute(select(coord_state).where(_s.worker_key == worker_key)).first()
+            generation = 0 if state is None else int(state.generation)
+            assigned = tuple(CoordAssigned(
+                Holder(r.node_id, r.group_name, int(r.pid), r.nonce),
+                None if r.slot_index is None else int(r.slot_index),
+            ) for r in conn.execute(select(coord_assignments).where(
+                _a.worker_key == worker_key, _a.generation == generation)
+                .order_by(_a.position)))
+            slots = tuple(CoordSlot(
+                r.worker_key, int(r.slot_index), int(r.generation),
+                Holder(r.holder_node, r.holder_group, int(r.holder_pid), r.holder_nonce),
+                float(r.expires_at),
+            ) for r in conn.execute(select(coord_slots).where(
+                _sl.worker_key == worker_key, _sl.holder_nonce.is_not(None))
+                .order_by(_sl.slot_index)))
+            members = tuple(self._coord_live_members(conn, [worker_key], now)[worker_key])
+            return CoordStatus(
+                worker_key, db_now, generation, 0 if state is None else int(state.slot_count),
+                None if state is None or state.published_at is None
+                else float(state.published_at),
+                assigned, members, slots)
+
+        return self._run(work)
+
+    def _coord_maintain(self, conn: Connection, keep: float, now: float | None,
+                        batch: int) -> int:
+        """Drop expired memberships; delete up to `batch` generations superseded more than
+        `keep` seconds ago (the current one has no end, so it stays). How many deleted."""
+        clock = _now(now)
+        conn.execute(delete(coord_members).where(_m.expires_at <= clock))
+        old = conn.execute(
+            select(_g.id).where(_g.ended_at.is_not(None), _g.ended_at < clock - keep)
+            .limit(batch)
+        ).scalars().all()
+        if old:
+            conn.execute(delete(coord_generations).where(_g.id.in_(old)))
+        return len(old)
