@@ -32,6 +32,7 @@ from typing import Any
 
 from supervisor.clock import Clock, SystemClock
 from supervisor.coordination import EveryNode, Grant, WorkerMode
+from supervisor.coordination.coordinated import CoordinatedMode, coord_key
 from supervisor.coordination.cron import CronMode, RunGrant
 from supervisor.coordination.leader import (
     LeaderMode,
@@ -145,7 +146,8 @@ async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> Node
     return parse_validation(str(config_path), returncode, stdout, stderr)
 
 
-AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER, Mode.CRON)
+AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER, Mode.CRON,
+                   Mode.COORDINATED)
 LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 
 
@@ -223,6 +225,9 @@ class WorkerSupervisor:
                 break
         if self.state not in (WorkerState.EXITED, WorkerState.FAILED):
             self.state = WorkerState.STOPPED
+        close = getattr(self._mode, "close", None)
+        if close is not None:
+            await asyncio.shield(close())
         return self.state
 
     def _release_reason(self, grant: Grant) -> str:
@@ -379,6 +384,12 @@ class Supervisor:
         if config.mode is Mode.EVERY_NODE:
             return EveryNode()
         keeper = self._ensure_keeper()
+        if config.mode is Mode.COORDINATED:
+            key = coord_key(name, config.scope, self.settings.group)
+            return CoordinatedMode(keeper, name, key, self.settings.group,
+                                   instances=config.instances,
+                                   stable_window=config.stable_window,
+                                   publish=self._publish)
         lease = lease_name(name, config.mode, config.scope, self.settings.group)
         return LeaderMode(keeper, config.mode, lease, name, self.settings.group)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from supervisor.model import (
+    CoordinationSeen,
     CronClaimed,
     CronRunEnded,
     DatabaseCall,
@@ -75,6 +76,14 @@ class Metrics:
         self.cron_last_tick = Gauge("supervisor_cron_last_tick_timestamp_seconds",
                                     "The tick of the last run this node finished",
                                     ["worker"], registry=r)
+        self.members = Gauge("supervisor_members", "Live members of a coordinated worker, "
+                             "as this node's last sync saw them", ["worker"], registry=r)
+        self.generation = Gauge("supervisor_generation", "The coordinated worker's published "
+                                "generation (0: none yet)", ["worker"], registry=r)
+        self.index = Gauge("supervisor_worker_index", "This node's index in the generation; "
+                           "-1 while standing by", ["worker"], registry=r)
+        self.count = Gauge("supervisor_worker_count", "The generation's count", ["worker"],
+                           registry=r)
         self.heartbeat = Gauge("supervisor_heartbeat_timestamp_seconds",
                                "When this node last proved itself alive to the database",
                                registry=r)
@@ -104,6 +113,12 @@ class Metrics:
             self.attempt.labels(name).set(event.attempt)
         elif isinstance(event, WorkerGaveUp):
             self.failed.labels(name).set(1)
+        elif isinstance(event, CoordinationSeen):
+            if event.members is not None:
+                self.members.labels(name).set(event.members)
+            self.generation.labels(name).set(event.generation)
+            self.index.labels(name).set(-1 if event.index is None else event.index)
+            self.count.labels(name).set(event.count)
         elif isinstance(event, CronClaimed):
             self.claims.labels(name, event.result).inc()
         elif isinstance(event, CronRunEnded):

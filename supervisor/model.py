@@ -319,3 +319,14 @@ class CronRunEnded(Event):
     exit_code: int | None
     duration: float
     recorded: bool  # the database took the outcome (False: it will show as lost)
+
+
+@dataclass(frozen=True)
+class CoordinationSeen(Event):
+    """What one sync saw of a coordinated worker: its generation, count, this node's
+    index (None: standing by, or not assigned yet) and the live members."""
+
+    generation: int
+    count: int
+    index: int | None
+    members: int | None

@@ -45,7 +45,15 @@ from supervisor.model import (
     NodeHeartbeat,
 )
 from supervisor.spec import CoordinationSpec
-from supervisor.store import CoordinationStore, CronRun, Holder, Lease, SyncResult
+from supervisor.store import (
+    CoordinationStore,
+    CoordSlot,
+    CoordView,
+    CronRun,
+    Holder,
+    Lease,
+    SyncResult,
+)
 
 log = logging.getLogger("supervisor")
 T = TypeVar("T")
@@ -83,6 +91,16 @@ class _RunSlot:
 
 
 @dataclass
+class _HeldSlot:
+    """A coordinated worker's slot this node holds: renewed and trusted like a lease."""
+
+    slot: CoordSlot
+    grant: Grant
+    trust_until: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
 class KeeperState:
     """What `/readyz` and tests read: is the database answering this node?"""
 
@@ -113,6 +131,10 @@ class LeaseKeeper:
         self._next_upkeep = 0.0
         self._slots: dict[str, _Slot] = {}
         self._runs: dict[int, _RunSlot] = {}
+        # coordinated workers: keys this node is a member of, with who hears their views
+        self._coord: dict[str, Callable[[CoordView, float], None]] = {}
+        self._held_slots: dict[tuple[str, int], _HeldSlot] = {}
+        self._coord_watch: set[str] = set()  # keys whose whole membership we read
         self._db_offset: float | None = None  # database clock minus the loop's monotonic clock
         self._synced = asyncio.Event()
         self._wake = asyncio.Event()
@@ -186,6 +208,66 @@ class LeaseKeeper:
         if slot is not None and slot.timer is not None:
             slot.timer.cancel()
 
+    # --- coordinated workers ---------------------------------------------------------------
+
+    def coord_join(self, key: str, on_view: Callable[[CoordView, float], None]) -> None:
+        """Be a member of `key` from the next sync on; `on_view(view, sent_at)` hears
+        what each sync saw of it."""
+        self._coord[key] = on_view
+        self._wake.set()
+
+    def coord_leave(self, key: str) -> None:
+        self._coord.pop(key, None)
+        self._coord_watch.discard(key)
+
+    def coord_watch(self, key: str, watch: bool) -> None:
+        """Read the key's whole membership in each sync (only its publisher needs it)."""
+        if watch:
+            self._coord_watch.add(key)
+        else:
+            self._coord_watch.discard(key)
+        self._wake.set()
+
+    def track_slot(self, slot: CoordSlot, grant: Grant, sent_at: float) -> None:
+        held = self._held_slots[(slot.worker_key, slot.index)] = _HeldSlot(slot, grant)
+        self._trust_slot(held, sent_at + self.timing.renew_deadline)
+
+    def untrack_slot(self, slot: CoordSlot) -> None:
+        held = self._held_slots.pop((slot.worker_key, slot.index), None)
+        if held is not None and held.timer is not None:
+            held.timer.cancel()
+
+    def _trust_slot(self, held: _HeldSlot, until: float) -> None:
+        held.trust_until = until
+        if held.timer is not None:
+            held.timer.cancel()
+        held.timer = asyncio.get_running_loop().call_at(until, self._slot_trust_expired, held)
+
+    def _slot_trust_expired(self, held: _HeldSlot) -> None:
+        held.timer = None
+        late = asyncio.get_running_loop().time() - held.trust_until
+        grace = max(0.0, self.timing.leader_stop_grace - late)
+        self._revoke_grant(held.grant, f"could not renew the slot within renew_deadline "
+                                       f"({self.timing.renew_deadline:g}s)", grace)
+
+    def _synced_coord(self, result: SyncResult, sent_at: float) -> None:
+        for key, slot in result.slots_kept.items():
+            held = self._held_slots.get(key)
+            if held is not None:
+                held.slot = slot
+                self._trust_slot(held, sent_at + self.timing.renew_deadline)
+        for key in result.slots_lost:
+            held = self._held_slots.pop(key, None)
+            if held is not None:
+                if held.timer is not None:
+                    held.timer.cancel()
+                self._revoke_grant(held.grant, "the database no longer shows this node "
+                                               "holding its slot", 0.0)
+        for name, view in result.coord.items():
+            listener = self._coord.get(name)
+            if listener is not None:
+                listener(view, sent_at)
+
     def _trust_run(self, slot: _RunSlot, until: float) -> None:
         slot.trust_until = until
         if slot.timer is not None:
@@ -200,7 +282,9 @@ class LeaseKeeper:
                                f"({self.timing.renew_deadline:g}s)", grace)
 
     def _revoke_run(self, slot: _RunSlot, reason: str, grace: float | None) -> None:
-        grant = slot.grant
+        self._revoke_grant(slot.grant, reason, grace)
+
+    def _revoke_grant(self, grant: Grant, reason: str, grace: float | None) -> None:
         if grant.revoked.is_set():
             if grace is not None and (grant.stop_grace is None or grace < grant.stop_grace):
                 grant.stop_grace = grace  # tighter than what it was stopping with
@@ -237,7 +321,8 @@ class LeaseKeeper:
         backing off up to half a lease TTL (a holder keeps trying every interval)."""
         base = self.timing.renew_interval
         failures = self.state.failures
-        if failures and not self._runs and not any(s.lease for s in self._slots.values()):
+        holding = self._runs or self._held_slots or any(s.lease for s in self._slots.values())
+        if failures and not holding:
             base = min(base * 2 ** min(failures, 8), max(base, self.timing.lease_ttl / 2))
         return base * (1 + _JITTER * (2 * random.random() - 1))
 
@@ -265,9 +350,16 @@ class LeaseKeeper:
         sent_at, wall_sent = loop.time(), time.time()
         trusts = [s.trust_until for s in self._slots.values() if s.lease]
         trusts += [r.trust_until for r in self._runs.values()]
+        trusts += [h.trust_until for h in self._held_slots.values()]
         trust_left = min(trusts, default=sent_at + self.timing.renew_deadline) - sent_at
         bound = max(0.05, min(self.timing.renew_deadline, trust_left))
         extra: dict[str, Any] = {"runs": runs} if runs else {}
+        if self._coord:
+            # Only the publisher of a key reads its whole membership: rows read per
+            # sync must not grow with the fleet on every node.
+            extra.update(coord_members=list(self._coord),
+                         coord_slots=[h.slot for h in self._held_slots.values()],
+                         coord_watch=sorted(self._coord_watch))
         try:
             result = await self._call(self.store.node_sync, self.holder, held=held,
                                       wanted=wanted, ttl=self.timing.lease_ttl, within=bound,
@@ -283,6 +375,7 @@ class LeaseKeeper:
         self._synced.set()
         self._publish(NodeHeartbeat("", wall_now, result.db_now - (wall_sent + wall_now) / 2))
         self._synced_runs(result, sent_at)
+        self._synced_coord(result, sent_at)
         for name in result.lost:
             self._revoke(self._slots[name], "the database no longer shows this node holding it",
                          grace=0.0)

@@ -1,0 +1,197 @@
+"""coordinated mode: every live node runs the worker, each told its index and the count.
+
+Membership is a row per supervisor process, renewed in the node's one sync. Whoever
+holds the worker's coordination lease (`coord/<key>`, an ordinary lease) publishes
+generations: when the live membership differs from the published one and has stayed
+the same for `stable_window`, it publishes the next generation (members ordered by
+when they joined; with `instances = N` the first N get an index, the rest stand by).
+
+Indexes are leases too (slots): a member starts its child for generation g only once
+it holds slot `index` of g, and the database refuses that while any slot of an older
+generation is still held and unexpired (the barrier). A member that sees a newer
+generation stops its child and releases its slot, so no instance of the new generation
+starts while one of an older generation may still run; a member that died holds its
+slot until the slot expires (one lease TTL). A child that crashes is restarted under
+the restart policy with the same index, as long as the generation stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from supervisor.coordination import Grant
+from supervisor.coordination.leader import LeaseKeeper
+from supervisor.errors import StoreError
+from supervisor.model import CoordinationSeen, Event, Mode
+from supervisor.store import CoordSlot, CoordView, Holder
+
+log = logging.getLogger("supervisor")
+
+
+def coord_key(worker: str, scope: str | None, group: str) -> str:
+    return f"{worker}/{group}" if scope == "group" else worker
+
+
+class CoordinatedMode:
+    """One coordinated worker on this node: membership, publishing, and its slot."""
+
+    mode = Mode.COORDINATED
+
+    def __init__(self, keeper: LeaseKeeper, worker: str, key: str, group: str, *,
+                 instances: int | None, stable_window: float,
+                 publish: Callable[[Event], None]) -> None:
+        self._keeper = keeper
+        self._publish = publish
+        self._worker = worker
+        self._key = key
+        self._group = group
+        self._instances = instances
+        self._stable_window = stable_window
+        self._view: CoordView | None = None
+        self._changed = asyncio.Event()  # a new view, for acquire()
+        self._news = asyncio.Event()  # a new view, for the publisher
+        self._grant: Grant | None = None
+        self._grant_generation = 0
+        self._slot: CoordSlot | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._seen: frozenset[str] = frozenset()  # live members at the last look
+        self._seen_since = 0.0  # loop time the live membership last changed
+
+    # --- WorkerMode ------------------------------------------------------------------------
+
+    async def acquire(self) -> Grant:
+        self._start()
+        while True:
+            view = self._view
+            if view is not None and view.generation > 0 and view.index is not None:
+                grant = await self._try_slot(view)
+                if grant is not None:
+                    return grant
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def release(self, grant: Grant, reason: str) -> None:
+        slot, self._slot = self._slot, None
+        self._grant = None
+        if slot is None:
+            return
+        self._keeper.untrack_slot(slot)
+        try:
+            await self._keeper.call(self._keeper.store.coord_release_slot, slot)
+        except StoreError as exc:
+            log.warning("%s: could not release slot %d of generation %d (%s); it expires "
+                        "by itself", self._worker, slot.index, slot.generation, exc)
+
+    async def close(self) -> None:
+        """The worker stops on this node for good: leave the membership."""
+        self._keeper.coord_leave(self._key)
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+        with contextlib.suppress(StoreError):
+            await self._keeper.call(self._keeper.store.coord_leave, self._key,
+                                    self._keeper.holder)
+
+    # --- membership and views --------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._publisher is None:
+            self._keeper.coord_join(self._key, self._on_view)
+            self._publisher = asyncio.get_running_loop().create_task(
+                self._publish_while_leader(), name=f"coord-{self._worker}")
+
+    def _on_view(self, view: CoordView, sent_at: float) -> None:
+        self._view = view
+        self._changed.set()
+        self._news.set()
+        grant = self._grant
+        if grant is not None and view.generation > self._grant_generation:
+            # A new generation: stop this child (its stop_timeout) and give the slot back.
+            grant.reason = f"generation {view.generation} was published"
+            grant.revoked.set()
+        members = None if view.members is None else len(view.members)
+        self._publish(CoordinationSeen(self._worker, view.generation, view.count, view.index,
+                                       members))
+        if view.members is not None:
+            live = frozenset(m.holder.nonce for m in view.members)
+            if live != self._seen:
+                self._seen = live
+                self._seen_since = asyncio.get_running_loop().time()
+
+    async def _try_slot(self, view: CoordView) -> Grant | None:
+        assert view.index is not None
+        sent_at = asyncio.get_running_loop().time()
+        try:
+            slot = await self._keeper.call(
+                self._keeper.store.coord_acquire_slot, self._key, view.index,
+                view.generation, self._keeper.holder, self._keeper.timing.lease_ttl)
+        except StoreError:
+            return None
+        if slot is None:
+            return None  # the barrier: an older generation's slot is still held
+        grant = Grant(env={
+            "SUPERVISOR_WORKER_INDEX": str(slot.index),
+            "SUPERVISOR_WORKER_COUNT": str(view.count),
+            "SUPERVISOR_GENERATION": str(slot.generation),
+        }, stop_grace=None)
+        self._slot, self._grant, self._grant_generation = slot, grant, slot.generation
+        self._keeper.track_slot(slot, grant, sent_at)
+        return grant
+
+    # --- publishing --------------------------------------------------------------------------
+
+    async def _publish_while_leader(self) -> None:
+        lease = f"coord/{self._key}"
+        while True:
+            grant = await self._keeper.wait_for(lease, self._worker, self._group)
+            self._keeper.coord_watch(self._key, True)
+            try:
+                while not grant.revoked.is_set():
+                    await self._maybe_publish()
+                    self._news.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._keeper.timing.renew_interval):
+                            await _either(self._news, grant.revoked)
+            finally:
+                self._keeper.coord_watch(self._key, False)
+                await asyncio.shield(self._keeper.give_up(lease, "coordination handed on"))
+
+    async def _maybe_publish(self) -> None:
+        view = self._view
+        if view is None or view.members is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._seen_since < self._stable_window:
+            return  # membership is still moving: one rebalance for a burst, not one each
+        try:
+            status = await self._keeper.call(self._keeper.store.coord_view, self._key)
+        except StoreError:
+            return
+        live = [m.holder for m in status.members]
+        assigned = {a.holder.nonce for a in status.assigned}
+        if status.generation > 0 and assigned == {h.nonce for h in live}:
+            return
+        if not live:
+            return
+        count = self._instances if self._instances is not None else len(live)
+        members: list[Holder] = live
+        with contextlib.suppress(StoreError):
+            published = await self._keeper.call(
+                self._keeper.store.coord_publish, self._key, expected=status.generation,
+                members=members, count=count)
+            if published is not None:
+                log.info("%s: published generation %d: %d live members, count %d",
+                         self._worker, published, len(live), count)
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
