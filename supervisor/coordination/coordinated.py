@@ -172,6 +172,10 @@ class CoordinatedMode:
         except StoreError:
             return
         live = [m.holder for m in status.members]
+        seen = frozenset(h.nonce for h in live)
+        if seen != self._seen:  # it moved since the last sync's view: wait for it to settle
+            self._seen, self._seen_since = seen, now
+            return
         assigned = {a.holder.nonce for a in status.assigned}
         if status.generation > 0 and assigned == {h.nonce for h in live}:
             return

@@ -141,9 +141,12 @@ def test_join_crash_and_leave_rebalance_without_overlap(make_fleet: MakeFleet) -
     start(fleet, "a", "b", "c")
     first, _ = fleet.settled({"a", "b", "c"})
     # a fourth node joins: a new generation of 4, and no instance of the old one alive
+    joined = time.time()
     start(fleet, "d")
-    second, _ = fleet.settled({"a", "b", "c", "d"})
+    second, live = fleet.settled({"a", "b", "c", "d"})
     assert second > first
+    # the membership had to stay unchanged for stable_window before it was published
+    assert min(i.at for i in live) >= joined + STABLE, (joined, live)
     fleet.assert_no_overlaps()
     # kill -9 of one node: back to 3 within stable_window + lease TTL (+ start-up)
     victim = "b"
