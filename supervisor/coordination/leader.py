@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from supervisor.coordination import Grant
 from supervisor.errors import StoreError, StoreUnavailable
@@ -57,6 +57,7 @@ from supervisor.store import (
 
 log = logging.getLogger("supervisor")
 T = TypeVar("T")
+H = TypeVar("H", CronRun, CoordSlot)
 
 _JITTER = 0.1  # a follower's retry interval varies by +-10 %, so nodes do not march in step
 _UPGRADE_BACKOFF = (0.5, 15.0)
@@ -81,21 +82,13 @@ class _Slot:
 
 
 @dataclass
-class _RunSlot:
-    """A claimed cron run this node is running: renewed and trusted like a lease."""
+class _Held(Generic[H]):
+    """A cron run or a coordinated slot this node holds for a child: renewed in each
+    sync and trusted like a lease; `grant` is revoked when either ends."""
 
-    run: CronRun
+    item: H
     grant: Grant
-    trust_until: float = 0.0
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass
-class _HeldSlot:
-    """A coordinated worker's slot this node holds: renewed and trusted like a lease."""
-
-    slot: CoordSlot
-    grant: Grant
+    what: str  # "run" or "slot", for the revocation's reason
     trust_until: float = 0.0
     timer: asyncio.TimerHandle | None = None
 
@@ -130,10 +123,10 @@ class LeaseKeeper:
         self._history_keep = history_keep
         self._next_upkeep = 0.0
         self._slots: dict[str, _Slot] = {}
-        self._runs: dict[int, _RunSlot] = {}
+        self._runs: dict[int, _Held[CronRun]] = {}
         # coordinated workers: keys this node is a member of, with who hears their views
         self._coord: dict[str, Callable[[CoordView, float], None]] = {}
-        self._held_slots: dict[tuple[str, int], _HeldSlot] = {}
+        self._held_slots: dict[tuple[str, int], _Held[CoordSlot]] = {}
         self._coord_watch: set[str] = set()  # keys whose whole membership we read
         self._db_offset: float | None = None  # database clock minus the loop's monotonic clock
         self._synced = asyncio.Event()
@@ -200,13 +193,11 @@ class LeaseKeeper:
         """Renew `run` in every sync from now on, trusted until `sent_at + renew_deadline`
         (sent_at: loop time before the claim was sent); `grant` is revoked when the
         run is lost, when trust runs out, or when a later tick asks it to stop."""
-        slot = self._runs[run.token] = _RunSlot(run, grant)
-        self._trust_run(slot, sent_at + self.timing.renew_deadline)
+        held = self._runs[run.token] = _Held(run, grant, "run")
+        self._trust_held(held, sent_at + self.timing.renew_deadline)
 
     def untrack_run(self, token: int) -> None:
-        slot = self._runs.pop(token, None)
-        if slot is not None and slot.timer is not None:
-            slot.timer.cancel()
+        self._forget(self._runs.pop(token, None))
 
     # --- coordinated workers ---------------------------------------------------------------
 
@@ -229,60 +220,53 @@ class LeaseKeeper:
         self._wake.set()
 
     def track_slot(self, slot: CoordSlot, grant: Grant, sent_at: float) -> None:
-        held = self._held_slots[(slot.worker_key, slot.index)] = _HeldSlot(slot, grant)
-        self._trust_slot(held, sent_at + self.timing.renew_deadline)
+        held = self._held_slots[(slot.worker_key, slot.index)] = _Held(slot, grant, "slot")
+        self._trust_held(held, sent_at + self.timing.renew_deadline)
 
     def untrack_slot(self, slot: CoordSlot) -> None:
-        held = self._held_slots.pop((slot.worker_key, slot.index), None)
-        if held is not None and held.timer is not None:
-            held.timer.cancel()
-
-    def _trust_slot(self, held: _HeldSlot, until: float) -> None:
-        held.trust_until = until
-        if held.timer is not None:
-            held.timer.cancel()
-        held.timer = asyncio.get_running_loop().call_at(until, self._slot_trust_expired, held)
-
-    def _slot_trust_expired(self, held: _HeldSlot) -> None:
-        held.timer = None
-        late = asyncio.get_running_loop().time() - held.trust_until
-        grace = max(0.0, self.timing.leader_stop_grace - late)
-        self._revoke_grant(held.grant, f"could not renew the slot within renew_deadline "
-                                       f"({self.timing.renew_deadline:g}s)", grace)
+        self._forget(self._held_slots.pop((slot.worker_key, slot.index), None))
 
     def _synced_coord(self, result: SyncResult, sent_at: float) -> None:
         for key, slot in result.slots_kept.items():
-            held = self._held_slots.get(key)
-            if held is not None:
-                held.slot = slot
-                self._trust_slot(held, sent_at + self.timing.renew_deadline)
+            self._renewed(self._held_slots.get(key), slot, sent_at)
         for key in result.slots_lost:
-            held = self._held_slots.pop(key, None)
-            if held is not None:
-                if held.timer is not None:
-                    held.timer.cancel()
-                self._revoke_grant(held.grant, "the database no longer shows this node "
-                                               "holding its slot", 0.0)
+            self._lost(self._held_slots.pop(key, None),
+                       "the database no longer shows this node holding its slot")
         for name, view in result.coord.items():
             listener = self._coord.get(name)
             if listener is not None:
                 listener(view, sent_at)
 
-    def _trust_run(self, slot: _RunSlot, until: float) -> None:
-        slot.trust_until = until
-        if slot.timer is not None:
-            slot.timer.cancel()
-        slot.timer = asyncio.get_running_loop().call_at(until, self._run_trust_expired, slot)
+    # --- runs and slots: trusted like leases ------------------------------------------------
 
-    def _run_trust_expired(self, slot: _RunSlot) -> None:
-        slot.timer = None
-        late = asyncio.get_running_loop().time() - slot.trust_until
+    def _trust_held(self, held: _Held[H], until: float) -> None:
+        held.trust_until = until
+        if held.timer is not None:
+            held.timer.cancel()
+        held.timer = asyncio.get_running_loop().call_at(until, self._held_trust_expired, held)
+
+    def _held_trust_expired(self, held: _Held[H]) -> None:
+        held.timer = None
+        late = asyncio.get_running_loop().time() - held.trust_until
         grace = max(0.0, self.timing.leader_stop_grace - late)
-        self._revoke_run(slot, f"could not renew the run within renew_deadline "
-                               f"({self.timing.renew_deadline:g}s)", grace)
+        self._revoke_grant(held.grant, f"could not renew the {held.what} within "
+                                       f"renew_deadline ({self.timing.renew_deadline:g}s)", grace)
 
-    def _revoke_run(self, slot: _RunSlot, reason: str, grace: float | None) -> None:
-        self._revoke_grant(slot.grant, reason, grace)
+    def _renewed(self, held: _Held[H] | None, item: H, sent_at: float) -> None:
+        if held is not None:
+            held.item = item
+            self._trust_held(held, sent_at + self.timing.renew_deadline)
+
+    def _lost(self, held: _Held[H] | None, reason: str) -> None:
+        """The database says it is gone: no longer renewed, its child killed at once."""
+        if held is not None:
+            self._forget(held)
+            self._revoke_grant(held.grant, reason, 0.0)
+
+    def _forget(self, held: _Held[H] | None) -> None:
+        if held is not None and held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
 
     def _revoke_grant(self, grant: Grant, reason: str, grace: float | None) -> None:
         if grant.revoked.is_set():
@@ -345,7 +329,7 @@ class LeaseKeeper:
         held = [s.lease for s in self._slots.values() if s.lease is not None]
         wanted = [s.name for s in self._slots.values()
                   if s.wanted and s.lease is None and s.waiter is not None]
-        runs = [r.run for r in self._runs.values()]
+        runs = [r.item for r in self._runs.values()]
         loop = asyncio.get_running_loop()
         sent_at, wall_sent = loop.time(), time.time()
         trusts = [s.trust_until for s in self._slots.values() if s.lease]
@@ -358,7 +342,7 @@ class LeaseKeeper:
             # Only the publisher of a key reads its whole membership: rows read per
             # sync must not grow with the fleet on every node.
             extra.update(coord_members=list(self._coord),
-                         coord_slots=[h.slot for h in self._held_slots.values()],
+                         coord_slots=[h.item for h in self._held_slots.values()],
                          coord_watch=sorted(self._coord_watch))
         try:
             result = await self._call(self.store.node_sync, self.holder, held=held,
@@ -389,23 +373,17 @@ class LeaseKeeper:
 
     def _synced_runs(self, result: SyncResult, sent_at: float) -> None:
         for token, run in result.runs_kept.items():
-            slot = self._runs.get(token)
-            if slot is not None:
-                slot.run = run
-                self._trust_run(slot, sent_at + self.timing.renew_deadline)
+            self._renewed(self._runs.get(token), run, sent_at)
         for token in result.runs_lost:
-            slot = self._runs.pop(token, None)
-            if slot is not None:
-                if slot.timer is not None:
-                    slot.timer.cancel()
-                self._revoke_run(slot, "the database no longer shows this run as running", 0.0)
+            self._lost(self._runs.pop(token, None),
+                       "the database no longer shows this run as running")
         for token in result.runs_stop:
-            slot = self._runs.get(token)
-            if slot is not None:
+            held = self._runs.get(token)
+            if held is not None:
                 # overlap = replace: a later tick waits for this run; stop it as a leader
                 # stops (never slower than trust allows).
-                self._revoke_run(slot, "replaced by a later tick",
-                                 self.timing.leader_stop_grace)
+                self._revoke_grant(held.grant, "replaced by a later tick",
+                                   self.timing.leader_stop_grace)
 
     async def _upkeep(self) -> None:
         """Now and then: close terms of dead holders, prune old history (small batches)."""
