@@ -3,9 +3,13 @@
 In PROBE_DIR each instance of generation g with index i:
 - holds `idx-<i>.lock` exclusively (LOCK_EX | LOCK_NB) for its whole life: found held,
   another live instance has the same index (of any generation);
-- holds `gen-<g>.lock` shared (LOCK_SH) for its whole life, and on start tries
-  `gen-<h>.lock` exclusively for every older h < g: found held, an instance of an
-  older generation is still alive while this one of a newer generation starts.
+- holds a read lock on `gen-<g>.lock` for its whole life (an open-file-description
+  lock, F_OFD_SETLK, dropped by the kernel when the process dies), and on start asks
+  the kernel (F_OFD_GETLK, which takes no lock) whether any read lock is held on
+  `gen-<h>.lock` for every older h < g: if one is, an instance of an older generation
+  is still alive while this one of a newer generation starts. Asking takes no lock,
+  so two new instances checking at the same instant cannot mistake each other's
+  check for a live old instance (taking LOCK_EX to check could).
 
 Lines appended to PROBE_DIR/log, one os.write each:
     start <node> <pid> <generation> <index> <count> <time>
@@ -18,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import struct
 import time
 
 DIR = os.environ["PROBE_DIR"]
@@ -44,6 +49,31 @@ def lock(name: str, how: int) -> int | None:
     return fd
 
 
+FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
+
+
+def hold_read(name: str) -> bool:
+    fd = os.open(os.path.join(DIR, name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(FLOCK, fcntl.F_RDLCK, os.SEEK_SET,
+                                                       0, 0, 0))
+    except OSError:
+        os.close(fd)
+        return False
+    return True
+
+
+def read_held(name: str) -> bool:
+    fd = os.open(os.path.join(DIR, name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack(FLOCK, fcntl.F_WRLCK, os.SEEK_SET,
+                                                             0, 0, 0))
+    finally:
+        os.close(fd)
+    kind: int = struct.unpack(FLOCK, got)[0]
+    return kind != fcntl.F_UNLCK
+
+
 def stop(signum: int, _frame: object) -> None:
     record("end")
     os._exit(0)
@@ -53,13 +83,10 @@ signal.signal(signal.SIGTERM, stop)
 record("start")
 if lock(f"idx-{INDEX}.lock", fcntl.LOCK_EX) is None:
     record("OVERLAP", f"index {INDEX} held by another live instance")
-if lock(f"gen-{GEN}.lock", fcntl.LOCK_SH) is None:
-    record("OVERLAP", f"generation {GEN} locked by a newer instance's check")
+if not hold_read(f"gen-{GEN}.lock"):
+    record("OVERLAP", f"cannot hold generation {GEN}'s lock")
 for older in range(1, GEN):
-    fd = lock(f"gen-{older}.lock", fcntl.LOCK_EX)
-    if fd is None:
+    if read_held(f"gen-{older}.lock"):
         record("OVERLAP", f"an instance of generation {older} is still alive")
-    else:
-        os.close(fd)
 while True:
     time.sleep(3600)
