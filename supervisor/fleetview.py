@@ -22,6 +22,7 @@ of the newest `limit` of each.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from supervisor.coordination.coordinated import coord_key
 from supervisor.model import Mode, format_utc
 from supervisor.schedule import next_tick, parse_schedule, parse_timezone
 from supervisor.store import (
+    CoordAssigned,
     CoordGeneration,
     CoordSlot,
     CoordStatus,
@@ -125,7 +127,8 @@ def coord_section(workers: Mapping[str, WorkerConfig], members: Sequence[Member]
         if worker.mode is not Mode.COORDINATED:
             continue
         if worker.scope != "group":
-            section.append(coord_status(read_view(coord_key(name, worker.scope, ""))))
+            section.append(coord_status(read_view(coord_key(name, worker.scope, "")),
+                                        worker.instances))
             continue
         keys = {coord_key(name, "group", group) for group in groups}
         views = [read_view(key) for key in sorted(keys)]
@@ -133,7 +136,8 @@ def coord_section(workers: Mapping[str, WorkerConfig], members: Sequence[Member]
             view = read_view(key)
             if view.members or _held(view):
                 views.append(view)
-        section += [coord_status(view) for view in sorted(views, key=lambda v: v.worker_key)]
+        section += [coord_status(view, worker.instances)
+                    for view in sorted(views, key=lambda v: v.worker_key)]
     return section
 
 
@@ -142,14 +146,26 @@ def _held(view: CoordStatus) -> list[CoordSlot]:
     return [s for s in view.slots if s.expires_at > view.db_now]
 
 
-def coord_status(view: CoordStatus) -> dict[str, Any]:
-    """One coordinated worker key as `coord_view` read it."""
+def coord_status(view: CoordStatus, instances: int | None = None) -> dict[str, Any]:
+    """One coordinated worker key as `coord_view` read it.
+
+    With `instances` fixed and every index taken by a live member, a live member not
+    in the generation stands by (no generation is published for standbys coming and
+    going); otherwise it is joining, and the next generation will include it."""
     worker, group = worker_of_key(view.worker_key)
     held: dict[str, CoordSlot] = {}
     for slot in sorted(_held(view), key=lambda s: s.generation):  # newest wins
         held[slot.holder.nonce] = slot
     live = {m.holder.nonce for m in view.members}
+    full = instances is not None and view.count == instances and len(
+        {a.index for a in view.assigned if a.index is not None and a.holder.nonce in live}
+    ) == view.count
     assigned = {a.holder.nonce for a in view.assigned}
+    if full:
+        view = dataclasses.replace(view, assigned=view.assigned + tuple(
+            CoordAssigned(m.holder, None) for m in view.members
+            if m.holder.nonce not in assigned))
+        assigned = {a.holder.nonce for a in view.assigned}
     return {
         "worker": worker,
         "group": group,
@@ -408,11 +424,13 @@ def _history_run(r: CronRunRecord) -> dict[str, Any]:
 
 def _generation_data(g: CoordGeneration) -> dict[str, Any]:
     worker, group = worker_of_key(g.worker_key)
+    by_index = {g.index_of(pos): h.node_id for pos, h in enumerate(g.members)}
     return {
         "kind": "generation", "at": iso(g.published_at), "worker": worker, "group": group,
         "key": g.worker_key, "generation": g.generation, "count": g.count,
-        "members": [h.node_id for h in g.members[:g.count]],  # members[i] had index i
-        "standby": [h.node_id for h in g.members[g.count:]],
+        # by index: members[i] had index i (None: vacant, nobody live to take it)
+        "members": [by_index.get(i) for i in range(g.count)],
+        "standby": [h.node_id for pos, h in enumerate(g.members) if g.index_of(pos) is None],
         "published": iso(g.published_at), "ended": iso(g.ended_at),
         "duration": None if g.ended_at is None else round(g.ended_at - g.published_at, 3),
     }
@@ -444,7 +462,7 @@ def _history_run_text(row: dict[str, Any]) -> str:
 
 def _history_generation_text(row: dict[str, Any]) -> str:
     name = shown_name(row["worker"], row["group"])
-    members = ", ".join(row["members"]) or "nobody"
+    members = ", ".join(node or "(vacant)" for node in row["members"]) or "nobody"
     standby = f" (standby: {', '.join(row['standby'])})" if row["standby"] else ""
     end = "current" if row["duration"] is None else f"superseded after {row['duration']:.1f}s"
     return (f"{row['at']}  {name:<24} generation {row['generation']} count {row['count']}: "

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from supervisor.coordination import Grant
 from supervisor.coordination.leader import LeaseKeeper
 from supervisor.errors import StoreError
 from supervisor.model import CoordinationSeen, Event, Mode
-from supervisor.store import CoordSlot, CoordView, Holder
+from supervisor.store import CoordSlot, CoordStatus, CoordView, Holder
 
 log = logging.getLogger("supervisor")
 
@@ -59,6 +59,7 @@ class CoordinatedMode:
         self._publisher: asyncio.Task[None] | None = None
         self._seen: frozenset[str] = frozenset()  # live members at the last look
         self._seen_since = 0.0  # loop time the live membership last changed
+        self._judged: frozenset[str] = frozenset()  # live members at the last decision
 
     # --- WorkerMode ------------------------------------------------------------------------
 
@@ -176,20 +177,46 @@ class CoordinatedMode:
         if seen != self._seen:  # it moved since the last sync's view: wait for it to settle
             self._seen, self._seen_since = seen, now
             return
-        assigned = {a.holder.nonce for a in status.assigned}
-        if status.generation > 0 and assigned == {h.nonce for h in live}:
+        plan = plan_assignment(status, live, self._instances)
+        if plan is None:
+            if status.generation > 0 and seen != self._judged:
+                log.info("%s: %d live members; generation %d stands (no index or count "
+                         "would change)", self._worker, len(live), status.generation)
+            self._judged = seen
             return
-        if not live:
-            return
-        count = self._instances if self._instances is not None else len(live)
-        members: list[Holder] = live
+        self._judged = seen
+        indexes, count = plan
         with contextlib.suppress(StoreError):
             published = await self._keeper.call(
                 self._keeper.store.coord_publish, self._key, expected=status.generation,
-                members=members, count=count)
+                members=live, indexes=indexes, count=count)
             if published is not None:
                 log.info("%s: published generation %d: %d live members, count %d",
                          self._worker, published, len(live), count)
+
+
+def plan_assignment(status: CoordStatus, live: Sequence[Holder], instances: int | None
+                    ) -> tuple[list[int | None], int] | None:
+    """The next generation's indexes for `live` (in join order) and its count, or None
+    when the standing generation already gives every live member what it would get.
+
+    The count is `instances`, or else the number of live members. A live member keeps
+    its index while that is below the count; the indexes left go to the others in join
+    order; the rest stand by. So a new generation, which restarts every instance, is
+    published only when some live member's index or the count would change: standbys
+    coming and going, or an index left vacant with nobody to take it, change nothing."""
+    if not live:
+        return None
+    count = instances if instances is not None else len(live)
+    before = {a.holder.nonce: a.index for a in status.assigned}
+    kept = {h.nonce: index for h in live
+            if (index := before.get(h.nonce)) is not None and index < count}
+    free = iter(sorted(set(range(count)) - set(kept.values())))
+    indexes = [kept[h.nonce] if h.nonce in kept else next(free, None) for h in live]
+    if (status.generation > 0 and count == status.count
+            and all(before.get(h.nonce) == index for h, index in zip(live, indexes, strict=True))):
+        return None
+    return indexes, count
 
 
 async def _either(first: asyncio.Event, second: asyncio.Event) -> None:

@@ -212,9 +212,15 @@ class CoordGeneration:
     worker_key: str
     generation: int
     count: int
-    members: tuple[Holder, ...]  # members[i] had index i for i < count; the rest stood by
+    members: tuple[Holder, ...]
     published_at: float
     ended_at: float | None  # when the next generation was published; None while current
+    indexes: tuple[int | None, ...] = ()  # members[i] had index indexes[i]; None: standby
+
+    def index_of(self, position: int) -> int | None:
+        if self.indexes:
+            return self.indexes[position]
+        return position if position < self.count else None  # the default assignment
 
 
 @dataclass(frozen=True)
@@ -388,17 +394,20 @@ class CoordinationStore(Protocol):
         expected: int,
         members: Sequence[Holder],
         count: int,
+        indexes: Sequence[int | None] | None = None,
         now: float | None = None,
     ) -> int | None:
         """Publish generation `expected + 1` of the key if its current generation is
         still `expected` (0: none yet): a compare-and-set, so each generation number is
-        published once, by one caller. `members[i]` gets index i for i < count; the rest
-        stand by with no index (and indexes from len(members) to count - 1 have nobody).
+        published once, by one caller. `members[i]` gets index `indexes[i]` (None: it
+        stands by); without `indexes`, index i for i < count and the rest stand by. An
+        index nobody gets is vacant: its slot is not taken in this generation.
         The assignment, the key's slot rows 0..count-1 and the history record are
         written in the same transaction. Returns the new generation, or None if the
         current generation is not `expected` (someone published first). Who publishes,
         and when, is the caller's: whoever holds the worker's coordination lease.
-        ValueError for a negative `expected` or `count`, or a member listed twice."""
+        ValueError for a negative `expected` or `count`, a member listed twice, or
+        `indexes` not one per member, distinct, each in 0..count-1 or None."""
 
     def coord_acquire_slot(
         self,

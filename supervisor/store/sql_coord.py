@@ -74,12 +74,20 @@ class CoordSql:
         expected: int,
         members: Sequence[Holder],
         count: int,
+        indexes: Sequence[int | None] | None = None,
         now: float | None = None,
     ) -> int | None:
         if expected < 0 or count < 0:
             raise ValueError(f"expected and count are >= 0, not {expected} and {count}")
         if len({member.nonce for member in members}) != len(members):
             raise ValueError("a member is listed twice")
+        if indexes is None:
+            indexes = [i if i < count else None for i in range(len(members))]
+        given = [i for i in indexes if i is not None]
+        if (len(indexes) != len(members) or len(set(given)) != len(given)
+                or any(not 0 <= i < count for i in given)):
+            raise ValueError(f"indexes {list(indexes)} are not one per member, distinct "
+                             f"and in 0..{count - 1}")
         if expected == 0:
             # In a transaction of its own, as lease_acquire does: on MariaDB an INSERT
             # IGNORE and the UPDATE in one transaction deadlock against a competitor.
@@ -87,10 +95,11 @@ class CoordSql:
                 conn, coord_state, [{"worker_key": worker_key, "generation": 0,
                                      "slot_count": 0}]))
         return self._run(lambda conn: self._coord_publish(conn, worker_key, expected,
-                                                          members, count, now))
+                                                          members, indexes, count, now))
 
     def _coord_publish(self, conn: Connection, key: str, expected: int,
-                       members: Sequence[Holder], count: int, now: float | None) -> int | None:
+                       members: Sequence[Holder], indexes: Sequence[int | None], count: int,
+                       now: float | None) -> int | None:
         claim = _claim()
         new = expected + 1
         stmt = (update(coord_state)
@@ -110,7 +119,7 @@ class CoordSql:
             conn.execute(insert(coord_assignments), [
                 {"worker_key": key, "generation": new, "nonce": h.nonce, "node_id": h.node_id,
                  "group_name": h.group, "pid": h.pid, "position": i,
-                 "slot_index": i if i < count else None} for i, h in enumerate(members)])
+                 "slot_index": indexes[i]} for i, h in enumerate(members)])
         if count:
             self._coord_insert_if_absent(conn, coord_slots, [
                 {"worker_key": key, "slot_index": i, "generation": 0, "expires_at": 0.0}
@@ -120,7 +129,8 @@ class CoordSql:
                      .values(ended_at=published_at))
         conn.execute(insert(coord_generations).values(
             worker_key=key, generation=new, slot_count=count, published_at=published_at,
-            members=json.dumps([[h.node_id, h.group, h.pid, h.nonce] for h in members],
+            members=json.dumps([[h.node_id, h.group, h.pid, h.nonce, index]
+                                for h, index in zip(members, indexes, strict=True)],
                                separators=(",", ":"))))
         return new
 
@@ -143,12 +153,19 @@ class CoordSql:
                                     _g.worker_key.startswith(f"{worker_key}/", autoescape=True)))
 
         def work(conn: Connection) -> list[CoordGeneration]:
-            return [CoordGeneration(
-                r.worker_key, int(r.generation), int(r.slot_count),
-                tuple(Holder(node, group, int(pid), nonce)
-                      for node, group, pid, nonce in json.loads(r.members)),
-                float(r.published_at), None if r.ended_at is None else float(r.ended_at),
-            ) for r in conn.execute(query)]
+            found = []
+            for r in conn.execute(query):
+                # [node, group, pid, nonce, index]; rows written before indexes were
+                # recorded have four items and the default assignment
+                rows = json.loads(r.members)
+                count = int(r.slot_count)
+                found.append(CoordGeneration(
+                    r.worker_key, int(r.generation), count,
+                    tuple(Holder(m[0], m[1], int(m[2]), m[3]) for m in rows),
+                    float(r.published_at), None if r.ended_at is None else float(r.ended_at),
+                    tuple(m[4] if len(m) > 4 else (i if i < count else None)
+                          for i, m in enumerate(rows))))
+            return found
 
         return self._run(work)
 

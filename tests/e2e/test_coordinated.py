@@ -6,6 +6,7 @@ Zero overlaps is the only pass.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, WORKERS, pid_alive
+from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
 from tests.support.fleet import FAST, Fleet, ProbeLog, _toml
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,8 @@ class CoordFleet(Fleet):
 
     def config(self, name: str, *, group: str, mode: str, probe: ProbeLog, database_url: str,
                worker_env: Mapping[str, str]) -> str:
-        env = {"PROBE_DIR": str(self.probe_dir), **worker_env}
+        scope = {"PROBE_SCOPE": group} if self.worker.get("scope") == "group" else {}
+        env = {"PROBE_DIR": str(self.probe_dir), **scope, **worker_env}
         env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
         command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / "coordprobe.py")))
         keys = "".join(f"{key} = {_toml(value) if isinstance(value, str) else value}\n"
@@ -85,13 +87,14 @@ class CoordFleet(Fleet):
         return [i for i in self.instances() if i.kind == "start" and i.pid not in ended
                 and pid_alive(i.pid)]
 
-    def settled(self, nodes: set[str], count: int | None = None) -> tuple[int, list[Instance]]:
+    def settled(self, nodes: set[str], count: int | None = None,
+                among: set[str] | None = None) -> tuple[int, list[Instance]]:
         """Wait until exactly `nodes` run one instance each, of one generation, with
-        indexes 0..n-1 of count n (or `count`)."""
+        indexes 0..n-1 of count n (or `count`); `among`: looking at these nodes only."""
         expected = count if count is not None else len(nodes)
         deadline = time.monotonic() + 30.0
         while True:
-            live = self.running()
+            live = [i for i in self.running() if among is None or i.node in among]
             gens = {i.generation for i in live}
             if ({i.node for i in live} == nodes and len(live) == len(nodes) and len(gens) == 1
                     and sorted(i.index for i in live) == list(range(len(nodes)))
@@ -99,6 +102,17 @@ class CoordFleet(Fleet):
                 return gens.pop(), live
             if time.monotonic() > deadline:
                 raise AssertionError(f"not settled on {sorted(nodes)}: {live}\n" + self.log())
+            time.sleep(POLL)
+
+    def wait_output(self, pattern: str, timeout: float = 30.0) -> str:
+        """Until some node's supervisor has logged `pattern` (a regex); the node's name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, node in self.nodes.items():
+                if re.search(pattern, node.output()):
+                    return name
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no node logged {pattern!r}\n" + self.log())
             time.sleep(POLL)
 
     def assert_no_overlaps(self) -> None:
@@ -165,7 +179,6 @@ def test_join_crash_and_leave_rebalance_without_overlap(make_fleet: MakeFleet) -
     fleet.assert_no_overlaps()
 
 
-@pytest.mark.parametrize("database_backend", ["postgresql"])
 def test_a_burst_of_joins_causes_one_generation(make_fleet: MakeFleet) -> None:
     # Three supervisors started together join within a second or two of each other on
     # this machine: a stable_window longer than that folds them into one rebalance.
@@ -179,8 +192,8 @@ def test_a_burst_of_joins_causes_one_generation(make_fleet: MakeFleet) -> None:
     fleet.assert_no_overlaps()
 
 
-@pytest.mark.parametrize("database_backend", ["sqlite", "mariadb"])
-def test_fixed_instances_run_exactly_that_many(make_fleet: MakeFleet) -> None:
+def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
+        make_fleet: MakeFleet) -> None:
     fleet = make_fleet(instances=2)
     start(fleet, "a", "b", "c", "d")
     deadline = time.monotonic() + 30
@@ -190,8 +203,68 @@ def test_fixed_instances_run_exactly_that_many(make_fleet: MakeFleet) -> None:
             break
         assert time.monotonic() < deadline, fleet.log()
         time.sleep(POLL)
-    assert {i.count for i in live} == {2}
+    assert {i.count for i in live} == {2} and len({i.generation for i in live}) == 1
+    generation = live[0].generation
     # the two that run are the first two that joined; the others stand by
-    started_nodes = {i.node for i in fleet.instances() if i.kind == "start"}
-    assert len(started_nodes) == 2, fleet.log()
+    started = [i for i in fleet.instances() if i.kind == "start"]
+    assert {i.node for i in started} == {i.node for i in live}, fleet.log()
+
+    # a standby leaves: no index or count changes, so nothing is published or restarted
+    standby = sorted({"a", "b", "c", "d"} - {i.node for i in live})[0]
+    assert fleet.nodes[standby].terminate() == 0
+    fleet.wait_output(rf"shard: 3 live members; generation {generation} stands")
+    assert fleet.running() == live, fleet.log()
+    assert [i for i in fleet.instances() if i.kind == "start"] == started, fleet.log()
+
+    # an active member leaves: the last standby takes its index, the other keeps its own
+    gone, kept = sorted(live, key=lambda i: i.node)
+    assert fleet.nodes[gone.node].terminate() == 0
+    heir = ({"a", "b", "c", "d"} - {standby, gone.node, kept.node}).pop()
+    after, now = fleet.settled({kept.node, heir})
+    assert after == generation + 1
+    assert {i.node: i.index for i in now} == {kept.node: kept.index, heir: gone.index}
+    fleet.assert_no_overlaps()
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
+def test_a_member_cut_from_the_database_steps_down_and_the_rest_rebalance(
+        make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    cut = fleet.node("cut", via_proxy=True)
+    start(fleet, "a", "b")
+    first, live = fleet.settled({"cut", "a", "b"})
+    (mine,) = [i for i in live if i.node == "cut"]
+    assert cut.proxy is not None
+    cut_at = time.time()
+    cut.proxy.blackhole()
+    # its child stops once the slot's renewal is overdue, exactly as a leader's does
+    wait_until(lambda: not pid_alive(mine.pid), FAST.step_down + SLACK, "the cut child ends")
+    (ended,) = [i for i in fleet.instances() if i.kind == "end" and i.pid == mine.pid]
+    assert ended.at - cut_at <= FAST.step_down + 1.0, (cut_at, ended)
+    # the others form a generation of two once its membership expires
+    second, now = fleet.settled({"a", "b"})
+    assert second > first and min(i.at for i in now) > ended.at
+    assert cut.alive
+    # healed, it joins again: a fresh generation of three
+    cut.proxy.heal()
+    third, _ = fleet.settled({"cut", "a", "b"})
+    assert third > second
+    fleet.assert_no_overlaps()
+
+
+def test_scope_group_coordinates_each_group_on_its_own(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(scope="group")
+    blue, red = {"a", "b"}, {"c", "d"}
+    for name in ("a", "b", "c"):
+        fleet.node(name, group="blue" if name in blue else "red")
+    for name in ("a", "b", "c"):
+        fleet.nodes[name].wait_started()
+    blue_generation, blue_live = fleet.settled(blue, among=blue)
+    red_generation, _ = fleet.settled({"c"}, among=red)
+    # a node joins red: red rebalances to 0..1 of 2, blue's instances run on untouched
+    fleet.node("d", group="red").wait_started()
+    later, _ = fleet.settled(red, among=red)
+    assert later == red_generation + 1
+    assert [i for i in fleet.running() if i.node in blue] == blue_live, fleet.log()
+    assert fleet.settled(blue, among=blue)[0] == blue_generation
     fleet.assert_no_overlaps()

@@ -276,10 +276,28 @@ def test_a_new_generation_replaces_the_assignment(store, a, b, c):
                                                          CoordAssigned(b, 1))
 
 
+def test_explicit_indexes_are_given_as_published_and_recorded(store, a, b, c, d):
+    # a member keeps index 1 while a newcomer fills index 0 and another stands by
+    assert store.coord_publish(W, expected=0, members=[a, b, c, d], indexes=[1, None, 0, None],
+                               count=3, now=NOW) == 1
+    assert [view(store, h, NOW + 1).index for h in (a, b, c, d)] == [1, None, 0, None]
+    assert store.coord_view(W, now=NOW + 1).assigned == (
+        CoordAssigned(a, 1), CoordAssigned(b, None), CoordAssigned(c, 0),
+        CoordAssigned(d, None))
+    must_acquire(store, c, 0, 1, NOW + 1)
+    refused(store, b, 2, 1, NOW + 1)  # index 2 is vacant: nobody takes it
+    (recorded,) = store.coord_generations(worker_key=W)
+    assert (recorded.members, recorded.indexes) == ((a, b, c, d), (1, None, 0, None))
+
+
 def test_publish_refuses_bad_arguments_and_writes_nothing(store, a):
     for kwargs in ({"expected": -1, "members": [a], "count": 1},
                    {"expected": 0, "members": [a], "count": -1},
-                   {"expected": 0, "members": [a, a], "count": 2}):
+                   {"expected": 0, "members": [a, a], "count": 2},
+                   {"expected": 0, "members": [a], "count": 2, "indexes": []},
+                   {"expected": 0, "members": [a, a], "count": 2, "indexes": [0, 1]},
+                   {"expected": 0, "members": [a], "count": 2, "indexes": [2]},
+                   {"expected": 0, "members": [a], "count": 2, "indexes": [-1]}):
         with pytest.raises(ValueError):
             store.coord_publish(W, now=NOW, **kwargs)
     assert store.coord_view(W, now=NOW).generation == 0

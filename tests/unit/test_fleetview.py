@@ -249,6 +249,22 @@ def test_a_coordinated_key_shows_indexes_slots_joining_and_draining_by_the_given
     assert lines[at + 8] == ""
 
 
+def test_with_fixed_instances_all_taken_a_live_member_outside_the_generation_stands_by():
+    key = "indexer"
+    view = coord(key, 4, 2, assigned=((A, 0), (B, 1), (C, None)), live=(A, B, D),
+                 slots=(slot(key, 0, 4, A, T0 + 5), slot(key, 1, 4, B, T0 + 5)))
+    data = coord_status(view, instances=2)
+    assert data["joining"] == []
+    assert [(m["node_id"], m["index"], m["live"]) for m in data["members"]] == [
+        ("node-a", 0, True), ("node-b", 1, True), ("node-c", "standby", False),
+        ("node-d", "standby", True)]
+    # an index whose member is gone: the next generation takes D in, so D is joining
+    vacant = coord(key, 4, 2, assigned=((A, 0), (B, 1)), live=(A, D))
+    assert [m["node_id"] for m in coord_status(vacant, instances=2)["joining"]] == ["node-d"]
+    # without instances (count follows membership) a newcomer always joins
+    assert [m["node_id"] for m in coord_status(view)["joining"]] == ["node-d"]
+
+
 def test_a_key_with_nothing_published_lists_its_live_members_as_joining():
     data = coord_status(coord("shards/blue", live=(A, B)))
     assert (data["group"], data["generation"], data["count"], data["published"]) == (
@@ -294,8 +310,8 @@ def test_coord_section_reads_one_key_for_global_scope_and_one_per_live_group_for
 
 def test_history_places_generations_at_their_publish_time_with_members_in_index_order():
     generations = [
-        CoordGeneration("shards/blue", 3, 2, (B, A, D), T0 - 1, None),
-        CoordGeneration("indexer", 2, 3, (A, B), T0 - 3, None),
+        CoordGeneration("shards/blue", 3, 2, (D, A, B), T0 - 1, None, (None, 1, 0)),
+        CoordGeneration("indexer", 2, 3, (A, B), T0 - 3, None),  # written without indexes
         CoordGeneration("indexer", 1, 1, (A,), T0 - 7, T0 - 3),
     ]
     terms = [TermRecord("leader/lead", 2, A, T0 - 2, None, None, None)]
@@ -315,7 +331,8 @@ def test_history_places_generations_at_their_publish_time_with_members_in_index_
         "members": ["node-b", "node-a"], "standby": ["node-d"],
         "published": "2027-01-15T07:59:59.000Z", "ended": None, "duration": None,
     }
-    assert rows[3]["members"] == ["node-a", "node-b"] and rows[3]["count"] == 3
+    # index 2 had nobody (two live members, instances = 3)
+    assert rows[3]["members"] == ["node-a", "node-b", None] and rows[3]["count"] == 3
     assert (rows[4]["ended"], rows[4]["duration"]) == ("2027-01-15T07:59:57.000Z", 4.0)
     assert [r["kind"] for r in history_data(terms, runs, 3, generations)] == [
         "run", "generation", "term"]
@@ -327,5 +344,6 @@ def test_history_places_generations_at_their_publish_time_with_members_in_index_
     text = history_text(rows).splitlines()
     assert text[1] == ("2027-01-15T07:59:59.000Z  shards@blue              generation 3 count 2: "
                        "node-b, node-a (standby: node-d)  current")
+    assert text[3].endswith("generation 2 count 3: node-a, node-b, (vacant)  current")
     assert text[4].endswith("indexer                  generation 1 count 1: node-a  "
                             "superseded after 4.0s")

@@ -11,6 +11,9 @@ In PROBE_DIR each instance of generation g with index i:
   so two new instances checking at the same instant cannot mistake each other's
   check for a live old instance (taking LOCK_EX to check could).
 
+With PROBE_SCOPE set (scope = "group": each group's key is a worker of its own), the
+lock files are per scope: `<scope>-idx-<i>.lock`, `<scope>-gen-<g>.lock`.
+
 Lines appended to PROBE_DIR/log, one os.write each:
     start <node> <pid> <generation> <index> <count> <time>
     OVERLAP <node> <pid> <generation> <index> <count> <time> <what>
@@ -31,6 +34,8 @@ GEN = int(os.environ.get("SUPERVISOR_GENERATION", "0") or 0)
 INDEX = int(os.environ.get("SUPERVISOR_WORKER_INDEX", "-1") or -1)
 COUNT = int(os.environ.get("SUPERVISOR_WORKER_COUNT", "0") or 0)
 PID = os.getpid()
+SCOPE = os.environ.get("PROBE_SCOPE", "")
+PREFIX = f"{SCOPE}-" if SCOPE else ""
 log_fd = os.open(os.path.join(DIR, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
@@ -81,12 +86,12 @@ def stop(signum: int, _frame: object) -> None:
 
 signal.signal(signal.SIGTERM, stop)
 record("start")
-if lock(f"idx-{INDEX}.lock", fcntl.LOCK_EX) is None:
+if lock(f"{PREFIX}idx-{INDEX}.lock", fcntl.LOCK_EX) is None:
     record("OVERLAP", f"index {INDEX} held by another live instance")
-if not hold_read(f"gen-{GEN}.lock"):
+if not hold_read(f"{PREFIX}gen-{GEN}.lock"):
     record("OVERLAP", f"cannot hold generation {GEN}'s lock")
 for older in range(1, GEN):
-    if read_held(f"gen-{older}.lock"):
+    if read_held(f"{PREFIX}gen-{older}.lock"):
         record("OVERLAP", f"an instance of generation {older} is still alive")
 while True:
     time.sleep(3600)
