@@ -6,7 +6,9 @@ Zero overlaps is the only pass.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
-from tests.support.fleet import FAST, Fleet, ProbeLog, _toml
+from tests.conftest import pid_alive, wait_until
+from tests.support.fleet import FAST, Fleet, ProbeLog, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -54,29 +56,13 @@ class CoordFleet(Fleet):
         self.probe_dir.mkdir()
         (self.probe_dir / "log").touch()
 
-    def config(self, name: str, *, group: str, mode: str, probe: ProbeLog, database_url: str,
-               worker_env: Mapping[str, str]) -> str:
+    def worker_table(self, *, group: str, mode: str, probe: ProbeLog,
+                     worker_env: Mapping[str, str]) -> str:
         scope = {"PROBE_SCOPE": group} if self.worker.get("scope") == "group" else {}
         env = {"PROBE_DIR": str(self.probe_dir), **scope, **worker_env}
-        env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
-        command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / "coordprobe.py")))
-        keys = "".join(f"{key} = {_toml(value) if isinstance(value, str) else value}\n"
-                       for key, value in self.worker.items())
-        return (
-            f"node_id = {_toml(name)}\n"
-            f"group = {_toml(group)}\n"
-            f"database_url = {_toml(database_url)}\n\n"
-            f"{self.timings.toml()}\n"
-            "[metrics]\nenabled = false\n\n"
-            "[workers.shard]\n"
-            f"command = [{command}]\n"
-            'mode = "coordinated"\n'
-            + ("" if "stable_window" in self.worker
-               else f'stable_window = "{round(STABLE * 1000)}ms"\n') +
-            'stop_timeout = "5s"\n'
-            f"{keys}"
-            f"env = {{ {env_toml} }}\n"
-        )
+        options = {"stable_window": f"{round(STABLE * 1000)}ms", "stop_timeout": "5s",
+                   **self.worker}
+        return worker_toml("shard", "coordprobe.py", "coordinated", env, options)
 
     def instances(self) -> list[Instance]:
         return parse((self.probe_dir / "log").read_text())
@@ -189,6 +175,12 @@ def test_a_burst_of_joins_causes_one_generation(make_fleet: MakeFleet) -> None:
         fleet.node(name)
     second, _ = fleet.settled({"a", "b", "c", "d"})
     assert second == first + 1, fleet.log()
+    # two leave at once: one generation too
+    for name in ("b", "c"):
+        fleet.nodes[name].running.signal(signal.SIGTERM)
+    assert [fleet.nodes[name].running.wait(timeout=20) for name in ("b", "c")] == [0, 0]
+    third, _ = fleet.settled({"a", "d"})
+    assert third == second + 1, fleet.log()
     fleet.assert_no_overlaps()
 
 
@@ -206,8 +198,21 @@ def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
     assert {i.count for i in live} == {2} and len({i.generation for i in live}) == 1
     generation = live[0].generation
     # the two that run are the first two that joined; the others stand by
+    assert {i.node for i in fleet.instances() if i.kind == "start"} == {
+        i.node for i in live}, fleet.log()
+
+    # a child crashes: restarted under the restart policy, with the same index and
+    # generation; the other instance runs on untouched
+    crashed, other = live
+    os.kill(crashed.pid, signal.SIGKILL)
+    wait_until(lambda: {i.node for i in fleet.running()} == {crashed.node, other.node}
+               and crashed.pid not in {i.pid for i in fleet.running()}, 15,
+               "the crashed child restarted")
+    live = fleet.running()
+    (again,) = [i for i in live if i.node == crashed.node]
+    assert (again.index, again.count, again.generation) == (crashed.index, 2, generation)
+    assert other in live, fleet.log()
     started = [i for i in fleet.instances() if i.kind == "start"]
-    assert {i.node for i in started} == {i.node for i in live}, fleet.log()
 
     # a standby leaves: no index or count changes, so nothing is published or restarted
     standby = sorted({"a", "b", "c", "d"} - {i.node for i in live})[0]

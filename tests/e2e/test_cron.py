@@ -27,8 +27,8 @@ import pytest
 
 from supervisor.store import CronRunRecord
 from supervisor.store.sql import SqlStore
-from tests.conftest import PYTHON, WORKERS, wait_until
-from tests.support.fleet import FAST, Fleet, ProbeLog, _toml
+from tests.conftest import wait_until
+from tests.support.fleet import FAST, Fleet, ProbeLog, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -70,27 +70,10 @@ class CronFleet(Fleet):
         if lock:
             self.env["PROBE_LOCK"] = str(self.log.lock)
 
-    def config(self, name: str, *, group: str, mode: str, probe: ProbeLog, database_url: str,
-               worker_env: Mapping[str, str]) -> str:
-        options = dict(self.worker)
-        env = {**self.env, **worker_env}
-        env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
-        command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / "cronprobe.py")))
-        keys = "".join(f"{key} = {_toml(value) if isinstance(value, str) else value}\n"
-                       for key, value in options.items())
-        return (
-            f"node_id = {_toml(name)}\n"
-            f"group = {_toml(group)}\n"
-            f"database_url = {_toml(database_url)}\n\n"
-            f"{self.timings.toml()}\n"
-            "[metrics]\nenabled = false\n\n"
-            "[workers.job]\n"
-            f"command = [{command}]\n"
-            'mode = "cron"\n'
-            'stop_timeout = "5s"\n'
-            f"{keys}"
-            f"env = {{ {env_toml} }}\n"
-        )
+    def worker_table(self, *, group: str, mode: str, probe: ProbeLog,
+                     worker_env: Mapping[str, str]) -> str:
+        return worker_toml("job", "cronprobe.py", "cron", {**self.env, **worker_env},
+                           {"stop_timeout": "5s", **self.worker})
 
     def runs(self) -> list[RunEvent]:
         return parse_cron_log(self.log.path.read_text())

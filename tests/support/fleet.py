@@ -365,6 +365,20 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a TOML basic string is JSON's string syntax for these
 
 
+def worker_toml(name: str, script: str, mode: str, env: Mapping[str, str],
+                options: Mapping[str, object]) -> str:
+    """`[workers.<name>]` running tests/workers/<script> under this interpreter."""
+    command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / script)))
+    keys = "".join(f"{key} = {_toml(value) if isinstance(value, str) else value}\n"
+                   for key, value in options.items())
+    env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
+    return (f"[workers.{name}]\n"
+            f"command = [{command}]\n"
+            f"mode = {_toml(mode)}\n"
+            f"{keys}"
+            f"env = {{ {env_toml} }}\n")
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.hostname is None or parts.port is None:
@@ -403,21 +417,20 @@ class Fleet:
 
     def config(self, name: str, *, group: str, mode: str, probe: ProbeLog, database_url: str,
                worker_env: Mapping[str, str]) -> str:
-        env = {**probe.env(), **worker_env}
-        env_toml = ", ".join(f"{key} = {_toml(value)}" for key, value in env.items())
-        command = ", ".join(_toml(item) for item in (PYTHON, str(WORKERS / "probe.py")))
         return (
             f"node_id = {_toml(name)}\n"
             f"group = {_toml(group)}\n"
             f"database_url = {_toml(database_url)}\n\n"
             f"{self.timings.toml()}\n"
             "[metrics]\nenabled = false\n\n"
-            "[workers.probe]\n"
-            f"command = [{command}]\n"
-            f'mode = "{mode}"\n'
-            'stop_timeout = "10s"\n'
-            f"env = {{ {env_toml} }}\n"
+            + self.worker_table(group=group, mode=mode, probe=probe, worker_env=worker_env)
         )
+
+    def worker_table(self, *, group: str, mode: str, probe: ProbeLog,
+                     worker_env: Mapping[str, str]) -> str:
+        """The node file's one worker; the harnesses of other modes run other probes."""
+        return worker_toml("probe", "probe.py", mode, {**probe.env(), **worker_env},
+                           {"stop_timeout": "10s"})
 
     def node(self, name: str, *, probe: ProbeLog | None = None, group: str = "default",
              mode: str = "global-leader", via_proxy: bool = False, faketime: str | None = None,
