@@ -57,15 +57,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import re
-import shutil
 import statistics
 import struct
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -88,7 +85,7 @@ from pgfleet import (
     scratch_database,
     toml_value,
 )
-from procs import ROOT, read_fields, results_path, wait_until
+from procs import ROOT, bench_workdir, read_fields, wait_until, write_results
 
 from supervisor.store import CronRunRecord
 from supervisor.store.sql import SqlStore
@@ -572,14 +569,8 @@ def main(argv: list[str] | None = None) -> int:
             "mix per call (as bench/dbload.py does) times the server's transactions.")
     print(f"statements: {why}", flush=True)
     began = time.monotonic()
-    out = None if args.no_json else results_path("cron")
-    with tempfile.TemporaryDirectory(prefix="fleet-cron-") as tmp:
-        workdir = Path(tmp)
-        try:
-            window, starts, records, alive = run(args, workdir, use_pgss)
-        finally:
-            if out is not None:
-                shutil.copytree(workdir, out.with_suffix(".logs"))
+    with bench_workdir("cron", keep=not args.no_json) as (workdir, out):
+        window, starts, records, alive = run(args, workdir, use_pgss)
     elapsed = time.monotonic() - began
     ticks = inner_ticks(window)
     histogram, problems = check_runs(ticks, starts, records, args.max_run, args.nodes)
@@ -591,17 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     per_node = statements(window, records, args.max_run)
     db = cost(window, per_node, args.nodes)
     print_report(args, window, ticks, lags, histogram, problems, db, source_note, elapsed)
-    if out is not None:
-        payload = {
-            "args": vars(args), "elapsed_s": elapsed, "statements": why,
-            "inner_ticks": len(ticks), "histogram": {str(k): v for k, v in histogram.items()},
-            "problems": problems, "lag_s": stats([v for v, _, _ in lags]),
-            "lags": [{"lag_s": v, **asdict(s)} for v, s, _ in lags],
-            "database": db, "per_node": per_node,
-        }
-        out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out.with_suffix('.json')} (nodes' logs and probe log in "
-              f"{out.with_suffix('.logs')})")
+    write_results(out, {
+        "args": vars(args), "elapsed_s": elapsed, "statements": why,
+        "inner_ticks": len(ticks), "histogram": {str(k): v for k, v in histogram.items()},
+        "problems": problems, "lag_s": stats([v for v, _, _ in lags]),
+        "lags": [{"lag_s": v, **asdict(s)} for v, s, _ in lags],
+        "database": db, "per_node": per_node,
+    })
     return 1 if problems else 0
 
 

@@ -30,14 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import select
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +51,7 @@ from pgfleet import (
     scratch_database,
     toml_value,
 )
-from procs import ROOT, pid_alive, read_fields, results_path, wait_until
+from procs import ROOT, bench_workdir, pid_alive, read_fields, wait_until, write_results
 
 NODES = ("a", "b", "c")
 FAILOVER_TARGET = 12.0  # SPEC.md "How fast": lease_ttl plus one retry, at most 12 s
@@ -413,25 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     if not preflight():
         return 1
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fleet-failover-") as tmp:
-        workdir = Path(tmp)
-        try:
-            rounds, bench = run(args, workdir)
-        finally:
-            if not args.no_json:
-                out = results_path("failover")
-                shutil.copytree(workdir, out.with_suffix(".logs"),
-                                ignore=shutil.ignore_patterns("*.lock"))
+    with bench_workdir("failover", keep=not args.no_json) as (workdir, out):
+        rounds, bench = run(args, workdir)
         overlaps, regressions = bench.overlaps(), bench.token_regressions()
     elapsed = time.monotonic() - began
     summary = summarize(rounds, overlaps, regressions)
     print_table(summary, rounds, elapsed)
-    if not args.no_json:
-        payload = {"args": vars(args), "elapsed_s": elapsed, "summary": summary,
-                   "rounds": [asdict(r) for r in rounds]}
-        out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out.with_suffix('.json')} (nodes' logs and probe log in "
-              f"{out.with_suffix('.logs')})")
+    write_results(out, {"args": vars(args), "elapsed_s": elapsed, "summary": summary,
+                        "rounds": [asdict(r) for r in rounds]})
     bad = summary["overlaps"] or summary["orphans"] or summary["no_new_leader"]
     return 1 if bad else 0
 

@@ -9,13 +9,17 @@ can find and SIGKILL everything one run started, whatever state it was left in.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -116,3 +120,28 @@ def results_path(stem: str) -> Path:
     directory = BENCH_DIR / "results"
     directory.mkdir(exist_ok=True)
     return directory / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@contextlib.contextmanager
+def bench_workdir(stem: str, keep: bool) -> Iterator[tuple[Path, Path | None]]:
+    """A temporary directory for one run, and (with `keep`) where its results go:
+    bench/results/<stem>-<time>. The directory's files (nodes' logs, probe logs; not
+    lock files) are copied to that path's `.logs` on the way out, even after a failure."""
+    out = results_path(stem) if keep else None
+    with tempfile.TemporaryDirectory(prefix=f"fleet-{stem}-") as tmp:
+        try:
+            yield Path(tmp), out
+        finally:
+            if out is not None:
+                shutil.copytree(tmp, out.with_suffix(".logs"),
+                                ignore=shutil.ignore_patterns("*.lock"))
+
+
+def write_results(out: Path | None, payload: dict[str, Any]) -> None:
+    """The run's figures as `<out>.json`, beside the logs bench_workdir kept."""
+    if out is None:
+        return
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out.with_suffix('.json')} (nodes' logs and probe log in "
+          f"{out.with_suffix('.logs')})")
+

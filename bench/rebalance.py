@@ -58,14 +58,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import select
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import asdict, dataclass
@@ -82,7 +79,7 @@ from pgfleet import (
     scratch_database,
     toml_value,
 )
-from procs import ROOT, pid_alive, results_path, wait_until
+from procs import ROOT, bench_workdir, pid_alive, wait_until, write_results
 
 from supervisor.config import CoordinationConfig, WorkerConfig
 
@@ -624,30 +621,19 @@ def main(argv: list[str] | None = None) -> int:
     if not preflight():
         return 1
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fleet-rebalance-") as tmp:
-        workdir = Path(tmp)
-        try:
-            rounds, bench = run(args, workdir)
-        finally:
-            if not args.no_json:
-                out = results_path("rebalance")
-                shutil.copytree(workdir, out.with_suffix(".logs"),
-                                ignore=shutil.ignore_patterns("*.lock"))
+    with bench_workdir("rebalance", keep=not args.no_json) as (workdir, out):
+        rounds, bench = run(args, workdir)
         overlaps = bench.overlaps()
     elapsed = time.monotonic() - began
     summary = summarize(rounds, overlaps)
     passed = print_table(summary, rounds, args, elapsed)
-    if not args.no_json:
-        payload = {"args": vars(args), "elapsed_s": elapsed, "passed": passed,
-                   "timings": {"lease_ttl": TIMINGS.lease_ttl,
-                               "renew_interval": TIMINGS.renew_interval,
-                               "renew_deadline": TIMINGS.renew_deadline,
-                               "stable_window": DEFAULT_STABLE_WINDOW
-                               if args.stable_window is None else args.stable_window},
-                   "summary": summary, "rounds": [asdict(r) for r in rounds]}
-        out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out.with_suffix('.json')} (nodes' logs and probe log in "
-              f"{out.with_suffix('.logs')})")
+    write_results(out, {"args": vars(args), "elapsed_s": elapsed, "passed": passed,
+                        "timings": {"lease_ttl": TIMINGS.lease_ttl,
+                                    "renew_interval": TIMINGS.renew_interval,
+                                    "renew_deadline": TIMINGS.renew_deadline,
+                                    "stable_window": DEFAULT_STABLE_WINDOW
+                                    if args.stable_window is None else args.stable_window},
+                        "summary": summary, "rounds": [asdict(r) for r in rounds]})
     return 0 if passed else 1
 
 
