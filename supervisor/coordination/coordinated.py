@@ -2,9 +2,10 @@
 
 Membership is a row per supervisor process, renewed in the node's one sync. Whoever
 holds the worker's coordination lease (`coord/<key>`, an ordinary lease) publishes
-generations: when the live membership differs from the published one and has stayed
-the same for `stable_window`, it publishes the next generation (members ordered by
-when they joined; with `instances = N` the first N get an index, the rest stand by).
+generations: when the live membership has stayed the same for `stable_window` and some
+live member's index, or the count, would differ from the published generation's, it
+publishes the next one (`plan_assignment`: members keep their indexes where they can,
+newcomers take the rest in join order; with `instances = N` the others stand by).
 
 Indexes are leases too (slots): a member starts its child for generation g only once
 it holds slot `index` of g, and the database refuses that while any slot of an older
