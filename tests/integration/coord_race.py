@@ -1,5 +1,5 @@
-"""Publishers for the coordinated race tests, each run in its own process (multiprocessing
-'spawn').
+"""Publishers for the coordinated race tests, each run in its own process (multiprocessing:
+forked from a fork server that imported this module).
 
 Every publisher opens its own SqlStore with its own Holder (distinct node, pid and nonce),
 connects before the start line, then waits on a shared Barrier so that all of them send

@@ -1,4 +1,5 @@
-"""Claimers for the cron race tests, each run in its own process (multiprocessing 'spawn').
+"""Claimers for the cron race tests, each run in its own process (multiprocessing:
+forked from a fork server that imported this module).
 
 Every claimer opens its own SqlStore with its own Holder (distinct node, pid and nonce),
 connects before the start line, then waits on a shared Barrier so that all of them send

@@ -1,4 +1,5 @@
-"""Contenders for the store race tests, each run in its own process (multiprocessing 'spawn').
+"""Contenders for the store race tests, each run in its own process (multiprocessing:
+forked from a fork server that imported this module).
 
 Every contender opens its own SqlStore with its own Holder (distinct pid and nonce), connects
 before the start line, then waits on a shared Barrier so that all of them send their statement
