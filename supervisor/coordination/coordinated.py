@@ -166,8 +166,9 @@ class CoordinatedMode:
         view = self._view
         if view is None or view.members is None:
             return
-        now = asyncio.get_running_loop().time()
-        if now - self._seen_since < self._stable_window:
+        loop = asyncio.get_running_loop()
+        stable, since = self._seen, self._seen_since
+        if loop.time() - since < self._stable_window:
             return  # membership is still moving: one rebalance for a burst, not one each
         try:
             status = await self._keeper.call(self._keeper.store.coord_view, self._key)
@@ -175,8 +176,12 @@ class CoordinatedMode:
             return
         live = [m.holder for m in status.members]
         seen = frozenset(h.nonce for h in live)
-        if seen != self._seen:  # it moved since the last sync's view: wait for it to settle
-            self._seen, self._seen_since = seen, now
+        if seen != stable or self._seen_since != since:
+            # It moved since the membership judged stable: in this fresh read, or in a
+            # sync that landed during it (which restarted the window itself). Wait for
+            # it to settle.
+            if seen != self._seen:
+                self._seen, self._seen_since = seen, loop.time()
             return
         plan = plan_assignment(status, live, self._instances)
         if plan is None:

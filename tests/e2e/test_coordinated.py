@@ -90,12 +90,18 @@ class CoordFleet(Fleet):
                 raise AssertionError(f"not settled on {sorted(nodes)}: {live}\n" + self.log())
             time.sleep(POLL)
 
-    def wait_output(self, pattern: str, timeout: float = 30.0) -> str:
-        """Until some node's supervisor has logged `pattern` (a regex); the node's name."""
+    def marks(self) -> dict[str, int]:
+        """How much each node has logged so far, for wait_output(after=)."""
+        return {name: len(node.output()) for name, node in self.nodes.items()}
+
+    def wait_output(self, pattern: str, after: Mapping[str, int],
+                    timeout: float = 30.0) -> str:
+        """Until some node's supervisor has logged `pattern` (a regex) since `after`; the
+        node's name."""
         deadline = time.monotonic() + timeout
         while True:
             for name, node in self.nodes.items():
-                if re.search(pattern, node.output()):
+                if re.search(pattern, node.output()[after.get(name, 0):]):
                     return name
             if time.monotonic() > deadline:
                 raise AssertionError(f"no node logged {pattern!r}\n" + self.log())
@@ -216,8 +222,9 @@ def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
 
     # a standby leaves: no index or count changes, so nothing is published or restarted
     standby = sorted({"a", "b", "c", "d"} - {i.node for i in live})[0]
+    before = fleet.marks()
     assert fleet.nodes[standby].terminate() == 0
-    fleet.wait_output(rf"shard: 3 live members; generation {generation} stands")
+    fleet.wait_output(rf"shard: 3 live members; generation {generation} stands", before)
     assert fleet.running() == live, fleet.log()
     assert [i for i in fleet.instances() if i.kind == "start"] == started, fleet.log()
 

@@ -1,0 +1,90 @@
+"""The publisher's stable window (CoordinatedMode._maybe_publish) against a scripted
+keeper: a membership change must stay unchanged for `stable_window` before anything is
+published, however the change reaches the publisher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.coordination.coordinated import CoordinatedMode
+from supervisor.store import CoordMember, CoordStatus, CoordView, Holder
+
+A, B, C, D = (Holder(f"node-{n}", "g", n, f"nonce-{n}") for n in "abcd")
+WINDOW = 1.0
+
+
+def members(*holders: Holder) -> tuple[CoordMember, ...]:
+    return tuple(CoordMember(h, float(i), 1e12) for i, h in enumerate(holders))
+
+
+def view(*holders: Holder) -> CoordView:
+    return CoordView("w", 1, 3, 0, 0.0, members(*holders))
+
+
+def status(*holders: Holder) -> CoordStatus:
+    return CoordStatus("w", 0.0, 1, 3, 0.0, (), members(*holders), ())
+
+
+class Keeper:
+    """What _maybe_publish uses of LeaseKeeper: call() on the store; during the fresh
+    read (coord_view) it can run `meanwhile`, as a node_sync landing then would."""
+
+    def __init__(self, fresh: CoordStatus) -> None:
+        self.fresh = fresh
+        self.meanwhile: Callable[[], None] | None = None
+        self.published: list[dict[str, Any]] = []
+        self.store = self
+
+    def coord_view(self, key: str) -> CoordStatus:
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return self.fresh
+
+    def coord_publish(self, key: str, **kwargs: Any) -> int:
+        self.published.append(kwargs)
+        return 2
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+async def publisher_with_stable(keeper: Keeper, *holders: Holder) -> CoordinatedMode:
+    mode = CoordinatedMode(keeper, "w", "w", "g", instances=None,  # type: ignore[arg-type]
+                           stable_window=WINDOW, publish=lambda event: None)
+    mode._on_view(view(*holders), 0.0)
+    mode._seen_since -= 2 * WINDOW  # unchanged for longer than the window
+    return mode
+
+
+def test_a_change_a_sync_sees_during_the_fresh_read_restarts_the_window() -> None:
+    async def main() -> list[dict[str, Any]]:
+        keeper = Keeper(status(A, B, C, D))
+        mode = await publisher_with_stable(keeper, A, B, C)
+        keeper.meanwhile = lambda: mode._on_view(view(A, B, C, D), 0.0)  # D joins
+        await mode._maybe_publish()
+        return keeper.published
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_change_only_the_fresh_read_sees_restarts_the_window() -> None:
+    async def main() -> list[dict[str, Any]]:
+        keeper = Keeper(status(A, B, C, D))
+        mode = await publisher_with_stable(keeper, A, B, C)
+        await mode._maybe_publish()
+        return keeper.published
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_membership_stable_for_the_window_is_published() -> None:
+    async def main() -> list[dict[str, Any]]:
+        keeper = Keeper(status(A, B, C, D))
+        mode = await publisher_with_stable(keeper, A, B, C, D)
+        await mode._maybe_publish()
+        return keeper.published
+
+    (published,) = asyncio.run(main())
+    assert (published["members"], published["count"]) == ([A, B, C, D], 4)
