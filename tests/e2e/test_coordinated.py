@@ -6,6 +6,7 @@ Zero overlaps is the only pass.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -13,12 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import pid_alive, wait_until
-from tests.support.fleet import FAST, Fleet, ProbeLog, worker_toml
+from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ class CoordFleet(Fleet):
                     and {i.count for i in live} == {expected}):
                 return gens.pop(), live
             if time.monotonic() > deadline:
-                raise AssertionError(f"not settled on {sorted(nodes)}: {live}\n" + self.log())
+                raise AssertionError(f"not settled on {sorted(nodes)}: {live}\n" + self.report())
             time.sleep(POLL)
 
     def marks(self) -> dict[str, int]:
@@ -104,15 +104,15 @@ class CoordFleet(Fleet):
                 if re.search(pattern, node.output()[after.get(name, 0):]):
                     return name
             if time.monotonic() > deadline:
-                raise AssertionError(f"no node logged {pattern!r}\n" + self.log())
+                raise AssertionError(f"no node logged {pattern!r}\n" + self.report())
             time.sleep(POLL)
 
     def assert_no_overlaps(self) -> None:
         bad = [i for i in self.instances() if i.kind == "OVERLAP"]
-        assert not bad, "instances overlapped:\n" + "\n".join(map(str, bad)) + "\n" + self.log()
+        assert not bad, "instances overlapped:\n" + "\n".join(map(str, bad)) + "\n" + self.report()
 
-    def log(self) -> str:
-        return (self.probe_dir / "log").read_text() + "\n" + self.report()
+    def report(self) -> str:
+        return (self.probe_dir / "log").read_text() + "\n" + super().report()
 
 
 MakeFleet = Callable[..., CoordFleet]
@@ -120,35 +120,17 @@ MakeFleet = Callable[..., CoordFleet]
 
 @pytest.fixture
 def make_fleet(tmp_path: Path, database_url: str) -> Iterator[MakeFleet]:
-    made: list[CoordFleet] = []
-
-    def make(**worker: Any) -> CoordFleet:
-        fleet = CoordFleet(tmp_path, database_url, **worker)
-        made.append(fleet)
-        return fleet
-
-    try:
+    with made_fleets(functools.partial(CoordFleet, tmp_path, database_url)) as make:
         yield make
-    finally:
-        for fleet in made:
-            fleet.close()
-            print(fleet.log())
-
-
-def start(fleet: CoordFleet, *names: str) -> None:
-    for name in names:
-        fleet.node(name)
-    for name in names:
-        fleet.nodes[name].wait_started()
 
 
 def test_join_crash_and_leave_rebalance_without_overlap(make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
-    start(fleet, "a", "b", "c")
+    fleet.start_nodes("a", "b", "c")
     first, _ = fleet.settled({"a", "b", "c"})
     # a fourth node joins: a new generation of 4, and no instance of the old one alive
     joined = time.time()
-    start(fleet, "d")
+    fleet.start_nodes("d")
     second, live = fleet.settled({"a", "b", "c", "d"})
     assert second > first
     # the membership had to stay unchanged for stable_window before it was published
@@ -175,37 +157,37 @@ def test_a_burst_of_joins_causes_one_generation(make_fleet: MakeFleet) -> None:
     # Three supervisors started together join within a second or two of each other on
     # this machine: a stable_window longer than that folds them into one rebalance.
     fleet = make_fleet(stable_window="4s")
-    start(fleet, "a")
+    fleet.start_nodes("a")
     first, _ = fleet.settled({"a"})
     for name in ("b", "c", "d"):
         fleet.node(name)
     second, _ = fleet.settled({"a", "b", "c", "d"})
-    assert second == first + 1, fleet.log()
+    assert second == first + 1, fleet.report()
     # two leave at once: one generation too
     for name in ("b", "c"):
         fleet.nodes[name].running.signal(signal.SIGTERM)
     assert [fleet.nodes[name].running.wait(timeout=20) for name in ("b", "c")] == [0, 0]
     third, _ = fleet.settled({"a", "d"})
-    assert third == second + 1, fleet.log()
+    assert third == second + 1, fleet.report()
     fleet.assert_no_overlaps()
 
 
 def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
         make_fleet: MakeFleet) -> None:
     fleet = make_fleet(instances=2)
-    start(fleet, "a", "b", "c", "d")
+    fleet.start_nodes("a", "b", "c", "d")
     deadline = time.monotonic() + 30
     while True:
         live = fleet.running()
         if len(live) == 2 and sorted(i.index for i in live) == [0, 1]:
             break
-        assert time.monotonic() < deadline, fleet.log()
+        assert time.monotonic() < deadline, fleet.report()
         time.sleep(POLL)
     assert {i.count for i in live} == {2} and len({i.generation for i in live}) == 1
     generation = live[0].generation
     # the two that run are the first two that joined; the others stand by
     assert {i.node for i in fleet.instances() if i.kind == "start"} == {
-        i.node for i in live}, fleet.log()
+        i.node for i in live}, fleet.report()
 
     # a child crashes: restarted under the restart policy, with the same index and
     # generation; the other instance runs on untouched
@@ -217,7 +199,7 @@ def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
     live = fleet.running()
     (again,) = [i for i in live if i.node == crashed.node]
     assert (again.index, again.count, again.generation) == (crashed.index, 2, generation)
-    assert other in live, fleet.log()
+    assert other in live, fleet.report()
     started = [i for i in fleet.instances() if i.kind == "start"]
 
     # a standby leaves: no index or count changes, so nothing is published or restarted
@@ -225,8 +207,8 @@ def test_fixed_instances_run_exactly_that_many_and_standbys_restart_nobody(
     before = fleet.marks()
     assert fleet.nodes[standby].terminate() == 0
     fleet.wait_output(rf"shard: 3 live members; generation {generation} stands", before)
-    assert fleet.running() == live, fleet.log()
-    assert [i for i in fleet.instances() if i.kind == "start"] == started, fleet.log()
+    assert fleet.running() == live, fleet.report()
+    assert [i for i in fleet.instances() if i.kind == "start"] == started, fleet.report()
 
     # an active member leaves: the last standby takes its index, the other keeps its own
     gone, kept = sorted(live, key=lambda i: i.node)
@@ -243,7 +225,7 @@ def test_a_member_cut_from_the_database_steps_down_and_the_rest_rebalance(
         make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
     cut = fleet.node("cut", via_proxy=True)
-    start(fleet, "a", "b")
+    fleet.start_nodes("a", "b")
     first, live = fleet.settled({"cut", "a", "b"})
     (mine,) = [i for i in live if i.node == "cut"]
     assert cut.proxy is not None
@@ -277,6 +259,6 @@ def test_scope_group_coordinates_each_group_on_its_own(make_fleet: MakeFleet) ->
     fleet.node("d", group="red").wait_started()
     later, _ = fleet.settled(red, among=red)
     assert later == red_generation + 1
-    assert [i for i in fleet.running() if i.node in blue] == blue_live, fleet.log()
+    assert [i for i in fleet.running() if i.node in blue] == blue_live, fleet.report()
     assert fleet.settled(blue, among=blue)[0] == blue_generation
     fleet.assert_no_overlaps()

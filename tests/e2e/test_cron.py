@@ -14,6 +14,7 @@ runs themselves record (tests/workers/cronprobe.py) and by the database's histor
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import Counter, defaultdict
@@ -21,14 +22,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from supervisor.store import CronRunRecord
 from supervisor.store.sql import SqlStore
 from tests.conftest import wait_until
-from tests.support.fleet import FAST, Fleet, ProbeLog, worker_toml
+from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -86,18 +86,12 @@ class CronFleet(Fleet):
         finally:
             store.close()
 
-    def start_nodes(self, *names: str) -> None:
-        for name in names:
-            self.node(name)
-        for name in names:
-            self.nodes[name].wait_started()
-
-    def cron_report(self) -> str:
+    def report(self) -> str:
         rows = "\n".join(f"  {r.tick:.1f} slot {r.slot} {r.state} "
                          f"{r.holder.node_id if r.holder else '-'} token {r.token} {r.reason}"
                          for r in sorted(self.history(), key=lambda r: (r.tick, r.slot)))
         return (f"=== cron log ===\n{self.log.path.read_text()}\n=== history ===\n{rows}\n"
-                + self.report())
+                + super().report())
 
 
 MakeFleet = Callable[..., CronFleet]
@@ -105,19 +99,8 @@ MakeFleet = Callable[..., CronFleet]
 
 @pytest.fixture
 def make_fleet(tmp_path: Path, database_url: str) -> Iterator[MakeFleet]:
-    made: list[CronFleet] = []
-
-    def make(**options: Any) -> CronFleet:
-        fleet = CronFleet(tmp_path, database_url, **options)
-        made.append(fleet)
-        return fleet
-
-    try:
+    with made_fleets(functools.partial(CronFleet, tmp_path, database_url)) as make:
         yield make
-    finally:
-        for fleet in made:
-            fleet.close()
-            print(fleet.cron_report())  # shown by pytest when the test failed
 
 
 def starts_by_tick(events: list[RunEvent]) -> dict[float, list[RunEvent]]:
@@ -157,10 +140,10 @@ def test_five_nodes_run_exactly_max_run_per_tick(make_fleet: MakeFleet) -> None:
     fleet.start_nodes("a", "b", "c", "d", "e")
     begun = time.time()
     wait_for_tick(fleet, begun + 30.0, timeout=40.0)
-    assert all(n.alive for n in fleet.nodes.values()), fleet.cron_report()
+    assert all(n.alive for n in fleet.nodes.values()), fleet.report()
     ended = time.time()
     fleet.close()
-    report = fleet.cron_report()
+    report = fleet.report()
     by_tick = starts_by_tick(fleet.runs())
     assert_at_most(by_tick, max_run, report)
     # inner ticks: due after every node was up, and before any stopped
@@ -195,7 +178,7 @@ def test_nodes_with_wrong_wall_clocks_neither_claim_early_nor_miss(
     begun = time.time()
     wait_for_tick(fleet, begun + 12.0, timeout=20.0)
     ended = time.time()
-    report = fleet.cron_report()
+    report = fleet.report()
     by_tick = starts_by_tick(fleet.runs())
     assert_at_most(by_tick, max_run, report)
     inner = range_ticks(begun + period, ended - period, period)
@@ -240,7 +223,7 @@ def test_a_node_killed_mid_run_leaves_a_lost_run_and_never_an_extra_one(
     wait_until(lambda: state() == "lost", deadline, f"run {victim.token} marked lost")
     # the two live nodes go on: two runs per tick again
     wait_for_tick(fleet, killed_at + 8, timeout=12)
-    report = fleet.cron_report()
+    report = fleet.report()
     by_tick = starts_by_tick(fleet.runs())
     assert_at_most(by_tick, max_run, report)
     late = [t for t in by_tick if t > killed_at + 2 and t < time.time() - 2]
@@ -296,7 +279,7 @@ def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up:
     wait_until(lambda: all(t in recorded() for t in downtime), grace + 10,
                "a record for every tick of the downtime")
     rows = recorded()
-    report = fleet.cron_report()
+    report = fleet.report()
     ran = [t for t in downtime if any(r.slot >= 0 for r in rows[t])]
     missed = [t for t in downtime if [r.state for r in rows[t]] == ["missed"]]
     assert sorted(ran + missed) == downtime, report
@@ -323,7 +306,7 @@ def test_overlap_forbid_never_runs_two_at_once(make_fleet: MakeFleet) -> None:
     fleet.start_nodes("a", "b", "c")
     wait_for_runs(fleet, 4, timeout=30)
     fleet.close()
-    report = fleet.cron_report()
+    report = fleet.report()
     events = fleet.runs()
     assert_one_at_a_time(events, report)
     states = Counter(r.state for r in fleet.history())
@@ -347,7 +330,7 @@ def test_overlap_replace_stops_the_old_run_first(make_fleet: MakeFleet) -> None:
     wait_until(lambda: len([e for e in fleet.runs() if e.kind == "start"]) >= 4, 30,
                "four runs, each replacing the one before")
     fleet.close()
-    report = fleet.cron_report()
+    report = fleet.report()
     events = fleet.runs()
     assert_one_at_a_time(events, report)
     replaced = [r for r in fleet.history() if r.state == "stopped"

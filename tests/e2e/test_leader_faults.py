@@ -39,12 +39,6 @@ def fleet(tmp_path: Path, database_url: str) -> Iterator[Fleet]:
         print(fleet.report())  # shown by pytest when the test failed
 
 
-def start(fleet: Fleet, *names: str, **options: object) -> None:
-    nodes = [fleet.node(name, **options) for name in names]  # type: ignore[arg-type]
-    for node in nodes:
-        node.wait_started()
-
-
 def token(term_or_event: object) -> int:
     value = term_or_event.token  # type: ignore[attr-defined]
     assert value.isdigit(), f"SUPERVISOR_FENCING_TOKEN missing or not an integer: {value!r}"
@@ -104,7 +98,7 @@ def test_judge_finds_intersecting_intervals_and_accepts_a_clean_handover() -> No
 
 def test_kill9_of_the_leader_fails_over_without_orphan_or_overlap(fleet: Fleet) -> None:
     probe = fleet.probe()
-    start(fleet, "a", "b", "c")
+    fleet.start_nodes("a", "b", "c")
     first = probe.wait_for("acquired", timeout=15)
     probe.quiet(HOLD, since=first)  # exactly one probe runs
     leader, term = fleet.holder()
@@ -127,7 +121,7 @@ def test_kill9_of_the_leader_fails_over_without_orphan_or_overlap(fleet: Fleet) 
 
 def test_sigterm_of_the_leader_hands_over_at_once(fleet: Fleet) -> None:
     probe = fleet.probe()
-    start(fleet, "a", "b", "c")
+    fleet.start_nodes("a", "b", "c")
     first = probe.wait_for("acquired", timeout=15)
     probe.quiet(HOLD, since=first)
     leader, term = fleet.holder()
@@ -153,7 +147,7 @@ def test_cut_cable_leader_kills_its_child_before_anyone_starts_one(fleet: Fleet)
     cut = fleet.node("cut", via_proxy=True)
     first = probe.wait_for("acquired", timeout=15)
     assert first.node == "cut"
-    start(fleet, "other")
+    fleet.start_nodes("other")
     probe.quiet(HOLD, since=first)
     assert cut.proxy is not None
 
@@ -188,8 +182,8 @@ def test_node_with_clock_40s_ahead_neither_steals_nor_loses_leadership(fleet: Fl
     probe = fleet.probe()
     fleet.node("plain-1").wait_started()
     first = probe.wait_for("acquired", timeout=15)
-    start(fleet, "ahead", faketime="+40s")
-    start(fleet, "plain-2")
+    fleet.start_nodes("ahead", faketime="+40s")
+    fleet.start_nodes("plain-2")
     # A node that trusted its own clock would find plain-1's lease long expired.
     probe.quiet(FAST.lease_ttl + HOLD, since=first)
 
@@ -202,7 +196,7 @@ def test_node_with_clock_40s_ahead_neither_steals_nor_loses_leadership(fleet: Fl
         second = probe.wait_for("acquired", timeout=FAST.lease_ttl, since=second)
         assert second.node == "ahead"
     # ...and hold it, renewing like anyone else, with a follower on a true clock beside it.
-    start(fleet, "plain-3")
+    fleet.start_nodes("plain-3")
     probe.quiet(2 * FAST.lease_ttl, since=second)
     leader, term = fleet.holder()
     assert (leader.name, term.pid) == ("ahead", second.pid)
@@ -284,7 +278,7 @@ def test_database_restart_leaders_step_down_then_leadership_returns(
     fleet: Fleet, database_backend: str
 ) -> None:
     probe = fleet.probe()
-    start(fleet, "a", "b")
+    fleet.start_nodes("a", "b")
     first = probe.wait_for("acquired", timeout=15)
     probe.quiet(HOLD, since=first)
     try:

@@ -34,9 +34,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -365,6 +366,28 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a TOML basic string is JSON's string syntax for these
 
 
+F = TypeVar("F", bound="Fleet")
+
+
+@contextlib.contextmanager
+def made_fleets(make: Callable[..., F]) -> Iterator[Callable[..., F]]:
+    """For a fixture: `make` wrapped so that every fleet it made is closed on the way
+    out, its report() printed (pytest shows it when the test failed)."""
+    made: list[F] = []
+
+    def making(**options: Any) -> F:
+        fleet = make(**options)
+        made.append(fleet)
+        return fleet
+
+    try:
+        yield making
+    finally:
+        for fleet in made:
+            fleet.close()
+            print(fleet.report())
+
+
 def worker_toml(name: str, script: str, mode: str, env: Mapping[str, str],
                 options: Mapping[str, object]) -> str:
     """`[workers.<name>]` running tests/workers/<script> under this interpreter."""
@@ -456,6 +479,12 @@ class Fleet:
         node = Node(name, path, env, self.directory, proxy)
         self.nodes[name] = node
         return node.start() if start else node
+
+    def start_nodes(self, *names: str, **options: Any) -> None:
+        """Start the nodes together, then wait until each has read its config."""
+        nodes = [self.node(name, **options) for name in names]
+        for node in nodes:
+            node.wait_started()
 
     # -- the verdict ----------------------------------------------------------------
 
