@@ -22,8 +22,9 @@ What is measured, each supervisor in turn, with `every-node` workers and no metr
 3. SIGTERM to exit with 10 children that ignore SIGTERM and a 2 s stop timeout (ours:
    stop_timeout = "2s"; supervisord: stopwaitsecs=2), measured by waiting on the supervisor.
 4. RSS and CPU time over an idle window (--idle, default 60 s) with 10 `/bin/sleep 100000`
-   children: VmRSS of the supervisor process (and of helpers: ours runs a /bin/sh group
-   guard), CPU from /proc/PID/task/*/schedstat (nanoseconds), summed over threads.
+   children: VmRSS of the supervisor process (and of helpers: ours runs the trust
+   watchdog, a small Python process), CPU from /proc/PID/task/*/schedstat
+   (nanoseconds), summed over threads.
 5. Wakeups per minute over the same window: voluntary + nonvoluntary context switches,
    summed over /proc/PID/task/*/status, scaled to one minute.
 

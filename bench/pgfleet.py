@@ -119,6 +119,12 @@ class Fleet(Tracked):
         try:
             return node.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Hung: SIGABRT first, so that Python's faulthandler (PYTHONFAULTHANDLER, set by
+            # Tracked.env) writes every thread's stack to the node's log, then SIGKILL.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.proc.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=2.0)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.proc.pid, signal.SIGKILL)
             node.proc.wait()

@@ -37,6 +37,7 @@ class Tracked:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR")}
         env[MARKER] = self.marker
+        env["PYTHONFAULTHANDLER"] = "1"  # a node killed with SIGABRT logs its threads' stacks
         return env
 
     def spawn(self, argv: list[str], output: Path, cwd: Path) -> subprocess.Popen[bytes]:

@@ -1,3 +1,3 @@
 """fleet-supervisor: supervise workers on every node, coordinated through one SQL database."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -30,41 +30,30 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from supervisor.clock import Clock, SystemClock
+from supervisor.child import NOT_STARTED, REVOKED, STOPPED, TRUST, ChildRunner
 from supervisor.coordination import EveryNode, Grant, WorkerMode
-from supervisor.coordination.coordinated import CoordinatedMode, coord_key
-from supervisor.coordination.cron import CronMode, RunGrant
-from supervisor.coordination.leader import (
-    LeaderMode,
-    LeaseKeeper,
-    lease_name,
-    new_holder,
-)
+from supervisor.coordination.coordinated import CoordinatedMode
+from supervisor.coordination.cron import CronMode
+from supervisor.coordination.leader import LeaderMode, LeaseKeeper, new_holder
 from supervisor.cronjob import CronSupervisor
-from supervisor.errors import ConfigError, ConfigIssue, SpawnError
+from supervisor.errors import ConfigError, ConfigIssue
 from supervisor.model import (
     ConfigRejected,
     ConfigReloaded,
     Event,
-    ExitReason,
-    ExitStatus,
     Mode,
     RestartScheduled,
-    WorkerExited,
     WorkerGaveUp,
-    WorkerOutput,
-    WorkerStarted,
     WorkerState,
+    coord_key,
+    lease_name,
 )
 from supervisor.policy import RestartTracker
 from supervisor.runner import (
-    GroupGuard,
-    ProcessSpec,
-    RunningProcess,
+    TrustWatchdog,
     capture,
     first_of,
     reap_orphans,
-    spawn,
     unless_stopped,
 )
 from supervisor.spec import NodeSpec, WorkerSpec, node_from_plain
@@ -77,43 +66,6 @@ SideTask = Callable[[], Coroutine[Any, Any, None]]
 EXIT_OK = 0
 EXIT_CRITICAL_FAILED = 1
 _REAP_RETRY = 0.05
-
-
-def worker_argv(config: WorkerSpec) -> tuple[str, ...]:
-    """The program to exec: `python -m mod`, a call of `mod:func`, or the command as given."""
-    if config.command is not None:
-        return tuple(config.command)
-    module = config.module or ""
-    if ":" in module:
-        mod, func = module.split(":", 1)
-        code = f"import importlib, sys; sys.exit(importlib.import_module({mod!r}).{func}())"
-        return (sys.executable, "-c", code)
-    return (sys.executable, "-m", module)
-
-
-def worker_env(
-    base: Mapping[str, str],
-    settings: NodeSpec,
-    name: str,
-    config: WorkerSpec,
-    grant_env: Mapping[str, str],
-) -> dict[str, str]:
-    """The child's environment: the supervisor's own minus its settings, the worker's
-    `env`, then the variables SPEC.md promises (which a worker's `env` cannot mask)."""
-    env = {key: value for key, value in base.items() if not key.startswith("SUPERVISOR_")}
-    if config.module is not None:
-        env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
-    env.update(config.env)
-    env.update(
-        SUPERVISOR_WORKER=name,
-        SUPERVISOR_NODE_ID=settings.node_id,
-        SUPERVISOR_GROUP=settings.group,
-        SUPERVISOR_MODE=str(config.mode),
-    )
-    env.update(grant_env)
-    if config.pass_database_url:
-        env["SUPERVISOR_DATABASE_URL"] = settings.database_url
-    return env
 
 
 def validator_argv(config_path: Path) -> list[str]:
@@ -148,7 +100,6 @@ async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> Node
 
 AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER, Mode.CRON,
                    Mode.COORDINATED)
-LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 
 
 def check_modes(settings: NodeSpec, source: str = "config") -> None:
@@ -163,7 +114,10 @@ def check_modes(settings: NodeSpec, source: str = "config") -> None:
 
 
 class WorkerSupervisor:
-    """Runs one worker: grant, spawn, watch, restart; stops when asked."""
+    """Runs one long-running worker: grant, child, restart; stops when asked.
+
+    The child itself is started, watched and stopped by the one child path
+    (supervisor.child); this class adds the grant loop and the restart policy."""
 
     def __init__(
         self,
@@ -173,26 +127,26 @@ class WorkerSupervisor:
         *,
         mode: WorkerMode,
         publish: Publish,
-        guard: GroupGuard | None,
+        watchdog: TrustWatchdog | None,
         base_dir: Path,
         environ: Mapping[str, str],
-        clock: Clock,
     ) -> None:
         self.name = name
         self.config = config
-        self.state = WorkerState.WAITING
-        self._settings = settings
+        self._state = WorkerState.WAITING
         self._mode = mode
         self._publish = publish
-        self._guard = guard
-        self._cwd = str(base_dir / config.cwd)
-        self._environ = environ
-        self._clock = clock
         self._stop = asyncio.Event()
-        self._proc: RunningProcess | None = None
+        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
+                                  publish=publish, watchdog=watchdog, stop=self._stop)
         self._tracker = RestartTracker(
             config.restart, config.backoff, config.max_restarts, config.restart_window
         )
+        self._trust_lost = False
+
+    @property
+    def state(self) -> WorkerState:
+        return WorkerState.RUNNING if self._child.procs else self._state
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -200,16 +154,14 @@ class WorkerSupervisor:
     def kill_now(self) -> None:
         """Escalation: SIGKILL the running child's group without waiting."""
         self._stop.set()
-        if self._proc is not None:
-            self._proc.kill()
+        self._child.kill_now()
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     def forward(self, sig: signal.Signals) -> None:
-        if self._proc is not None:
-            self._proc.signal_group(sig)
+        self._child.forward(sig)
 
     async def run(self) -> WorkerState:
         while not self._stop.is_set():
@@ -223,91 +175,53 @@ class WorkerSupervisor:
                 await asyncio.shield(self._mode.release(grant, self._release_reason(grant)))
             if done:
                 break
-        if self.state not in (WorkerState.EXITED, WorkerState.FAILED):
-            self.state = WorkerState.STOPPED
+        if self._state not in (WorkerState.EXITED, WorkerState.FAILED):
+            self._state = WorkerState.STOPPED
         close = getattr(self._mode, "close", None)
         if close is not None:
             await asyncio.shield(close())
-        return self.state
+        return self._state
 
     def _release_reason(self, grant: Grant) -> str:
-        if self.state is WorkerState.FAILED:
+        if self._state is WorkerState.FAILED:
             return "the worker kept failing (max_restarts)"
-        if self.state is WorkerState.EXITED:
+        if self._state is WorkerState.EXITED:
             return "the worker exited"
         if grant.revoked.is_set():
             return "lost the lease"
+        if self._trust_lost:
+            return "its trust deadline passed before a renewal was heard"
         return "supervisor stopped" if self._stop.is_set() else "stopped"
 
     async def _run_granted(self, grant: Grant) -> bool:
         """Run and restart the child while the grant holds; True when the worker is done."""
+        self._trust_lost = False
         while True:
-            status = await self._run_once(grant)
-            if status is not None and status.stop_requested:
+            end = await self._child.run(grant)
+            if end.cause in (NOT_STARTED, STOPPED, REVOKED, TRUST):
+                self._trust_lost = end.cause == TRUST
                 return self._stop.is_set()
-            success = status is not None and status.success
-            uptime = self._last_uptime
-            now = self._clock.monotonic()
-            decision = self._tracker.on_exit(success=success, uptime=uptime, now=now)
+            success = end.status is not None and end.status.success
+            now = asyncio.get_running_loop().time()
+            decision = self._tracker.on_exit(success=success, uptime=end.uptime, now=now)
             if decision.give_up:
-                self.state = WorkerState.FAILED
+                self._state = WorkerState.FAILED
                 self._publish(WorkerGaveUp(
                     self.name, self.config.max_restarts, self.config.restart_window,
                     self.config.critical,
                 ))
                 return True
             if not decision.restart:
-                self.state = WorkerState.EXITED
+                self._state = WorkerState.EXITED
                 return True
-            self.state = WorkerState.BACKOFF
+            self._state = WorkerState.BACKOFF
             self._publish(RestartScheduled(self.name, decision.delay, decision.attempt))
             if await self._interrupted(grant, decision.delay):
                 return self._stop.is_set()
 
-    async def _run_once(self, grant: Grant) -> ExitStatus | None:
-        """Start the child and supervise it to its end; None when it could not start."""
-        spec = ProcessSpec(
-            argv=worker_argv(self.config),
-            env=worker_env(self._environ, self._settings, self.name, self.config, grant.env),
-            cwd=self._cwd,
-            stop_signal=self.config.stop_signal,
-            stop_timeout=self.config.stop_timeout,
-        )
-        self._last_uptime = 0.0
-        try:
-            proc = await spawn(spec, self._sink, guard=self._guard, clock=self._clock)
-        except SpawnError as exc:
-            log.error("%s: %s", self.name, exc)
-            self._publish(WorkerExited(self.name, None, ExitReason.SPAWN_FAILED, str(exc), 0.0))
-            return None
-        self._proc = proc
-        self.state = WorkerState.RUNNING
-        self._publish(WorkerStarted(self.name, proc.pid, spec.argv))
-        try:
-            status = await self._supervise(proc, grant)
-        finally:
-            self._proc = None
-        self._last_uptime = proc.uptime()
-        self._publish(WorkerExited(self.name, proc.pid, status.reason, status.describe(),
-                                   self._last_uptime))
-        return status
-
-    async def _supervise(self, proc: RunningProcess, grant: Grant) -> ExitStatus:
-        exited = asyncio.ensure_future(proc.wait())
-        try:
-            await first_of(exited, self._stop.wait(), grant.revoked.wait())
-        except asyncio.CancelledError:
-            # Cancelled from outside (the loop is going down): never leave the child behind.
-            await asyncio.shield(proc.stop())
-            raise
-        if exited.done():
-            return exited.result()
-        revoked = grant.revoked.is_set() and grant.stop_grace is not None
-        grace = grant.stop_grace if revoked else None
-        return await asyncio.shield(proc.stop(grace=grace))
-
     async def _interrupted(self, grant: Grant, delay: float) -> bool:
-        """Wait out a backoff delay; True if a stop or revocation came first."""
+        """Wait out a backoff delay; True if a stop or revocation came first. (A trust
+        that runs out meanwhile is checked by the child path before the restart.)"""
         if self._stop.is_set() or grant.revoked.is_set():
             return True
         try:
@@ -316,11 +230,6 @@ class WorkerSupervisor:
         except TimeoutError:
             return False
         return True
-
-    def _sink(self, stream: str, line: str) -> None:
-        self._publish(WorkerOutput(self.name, stream, line))
-
-    _last_uptime = 0.0
 
 
 class Supervisor:
@@ -332,23 +241,22 @@ class Supervisor:
         *,
         config_path: Path,
         publish: Publish,
-        clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._config_path = config_path
         self._base_dir = config_path.resolve().parent
         self._publish = publish
-        self._clock = clock or SystemClock()
         self._environ = dict(os.environ if environ is None else environ)
         self._stopping = asyncio.Event()
         self._stop_signals = 0
         self._exit_code = EXIT_OK
         self._workers: dict[str, WorkerSupervisor | CronSupervisor] = {}
         self._tasks: dict[str, asyncio.Task[WorkerState]] = {}
-        self._guard: GroupGuard | None = None
+        self._watchdog: TrustWatchdog | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._reload_lock = asyncio.Lock()
+        self._reload_wanted = False  # a SIGHUP not yet applied: a burst makes one reload
+        self._reloader: asyncio.Task[None] | None = None
         self._keeper: LeaseKeeper | None = None
         check_modes(settings)
 
@@ -361,8 +269,9 @@ class Supervisor:
 
     async def run(self, side_tasks: Sequence[SideTask] = ()) -> int:
         """Run until stopped; returns the process exit code."""
-        self._guard = GroupGuard()
-        await self._guard.start()
+        self._watchdog = TrustWatchdog()
+        await self._watchdog.start()
+        self._watchdog.on_lost = self._watchdog_lost
         self._install_signals()
         try:
             async with asyncio.TaskGroup() as group:
@@ -371,14 +280,23 @@ class Supervisor:
                 for name, config in self.settings.workers.items():
                     self._start_worker(name, config)
                 await self._stopping.wait()
+                await self._cancel_reload()  # a stop wins over a pending or running reload
                 await self._stop_workers(list(self._workers))
                 await self._close_keeper()
                 for task in sides:
                     task.cancel()
         finally:
             self._remove_signals()
-            await self._guard.close()
+            await self._watchdog.close()
         return self._exit_code
+
+    def _watchdog_lost(self, why: str) -> None:
+        """Nothing enforces trust deadlines any more: stop every child (the trusted ones
+        by their deadlines, which this loop still enforces), step down, exit 1."""
+        log.error("%s: nothing outside this process can enforce trust deadlines now; "
+                  "stopping every worker and stepping down", why)
+        self._exit_code = EXIT_CRITICAL_FAILED
+        self._stopping.set()
 
     def _mode_for(self, name: str, config: WorkerSpec) -> WorkerMode:
         if config.mode is Mode.EVERY_NODE:
@@ -396,18 +314,9 @@ class Supervisor:
     def _cron_worker(self, name: str, config: WorkerSpec) -> CronSupervisor:
         mode = CronMode(self._ensure_keeper(), name, config, self._publish,
                         history_keep=self.settings.history.keep)
-
-        def make_spec(grant: RunGrant) -> ProcessSpec:
-            return ProcessSpec(
-                argv=worker_argv(config),
-                env=worker_env(self._environ, self.settings, name, config, grant.env),
-                cwd=str(self._base_dir / config.cwd),
-                stop_signal=config.stop_signal,
-                stop_timeout=config.stop_timeout,
-            )
-
-        return CronSupervisor(name, config, mode=mode, make_spec=make_spec,
-                              publish=self._publish, guard=self._guard, clock=self._clock)
+        return CronSupervisor(name, config, self.settings, mode=mode, publish=self._publish,
+                              watchdog=self._watchdog, base_dir=self._base_dir,
+                              environ=self._environ)
 
     def _ensure_keeper(self) -> LeaseKeeper:
         """The node's coordination loop, started when the first worker needs the database."""
@@ -417,7 +326,8 @@ class Supervisor:
             from supervisor.store.sql import SqlStore  # the database stack, only when needed
 
             timing = self.settings.coordination
-            store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline)
+            store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline,
+                             listen_url=self.settings.database_listen_url)
             self._keeper = LeaseKeeper(
                 store, new_holder(self.settings.node_id, self.settings.group),
                 timing,
@@ -442,14 +352,16 @@ class Supervisor:
     def _start_worker(self, name: str, config: WorkerSpec) -> None:
         if self._group is None:
             raise RuntimeError("workers start only inside Supervisor.run()")
+        if self._stopping.is_set():
+            return  # a stop won: nothing new starts
         worker: WorkerSupervisor | CronSupervisor
         if config.mode is Mode.CRON:
             worker = self._cron_worker(name, config)
         else:
             worker = WorkerSupervisor(
                 name, config, self.settings, mode=self._mode_for(name, config),
-                publish=self._publish, guard=self._guard, base_dir=self._base_dir,
-                environ=self._environ, clock=self._clock,
+                publish=self._publish, watchdog=self._watchdog, base_dir=self._base_dir,
+                environ=self._environ,
             )
         self._workers[name] = worker
         task = self._group.create_task(worker.run(), name=f"worker-{name}")
@@ -509,8 +421,28 @@ class Supervisor:
             worker.forward(sig)
 
     def _on_hangup(self) -> None:
-        if not self._stopping.is_set() and self._group is not None:
-            self._group.create_task(self.reload(), name="reload")
+        """Coalesce: SIGHUPs that come while a reload runs make one more reload after it,
+        which reads the file as it is then."""
+        if self._stopping.is_set() or self._group is None:
+            return
+        self._reload_wanted = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = self._group.create_task(self._reload_pending(), name="reload")
+
+    async def _reload_pending(self) -> None:
+        while self._reload_wanted and not self._stopping.is_set():
+            self._reload_wanted = False
+            await self.reload()
+
+    async def _cancel_reload(self) -> None:
+        """The supervisor is stopping: a reload in progress ends where it is (workers it
+        was stopping go on stopping, and are waited for with all the others)."""
+        self._reload_wanted = False
+        task = self._reloader
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _reap_orphans(self) -> None:
         if not reap_orphans():  # a spawn is in flight: look again once it is recorded
@@ -520,26 +452,29 @@ class Supervisor:
 
     async def reload(self) -> bool:
         """Re-read the file and apply what changed; False (and nothing changed) if invalid."""
-        async with self._reload_lock:
-            try:
-                new = await load_spec_async(self._config_path, self._environ)
-                check_modes(new)
-            except ConfigError as exc:
-                issues = tuple(str(issue) for issue in exc.issues)
-                log.error("reload rejected, keeping the running set: %s", "; ".join(issues))
-                self._publish(ConfigRejected("", issues))
-                return False
-            self._warn_unapplied(new)
-            old = {name: w.config for name, w in self._workers.items()}
-            removed = sorted(old.keys() - new.workers.keys())
-            added = sorted(new.workers.keys() - old.keys())
-            changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
-            await self._stop_workers(removed + changed)
-            self.settings = dataclasses.replace(self.settings, workers=new.workers)
-            for name in added + changed:
-                self._start_worker(name, new.workers[name])
-            self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
-            return True
+        try:
+            new = await load_spec_async(self._config_path, self._environ)
+            check_modes(new)
+        except ConfigError as exc:
+            issues = tuple(str(issue) for issue in exc.issues)
+            log.error("reload rejected, keeping the running set: %s", "; ".join(issues))
+            self._publish(ConfigRejected("", issues))
+            return False
+        if self._stopping.is_set():
+            return False
+        self._warn_unapplied(new)
+        old = {name: w.config for name, w in self._workers.items()}
+        removed = sorted(old.keys() - new.workers.keys())
+        added = sorted(new.workers.keys() - old.keys())
+        changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
+        await self._stop_workers(removed + changed)
+        if self._stopping.is_set():
+            return False
+        self.settings = dataclasses.replace(self.settings, workers=new.workers)
+        for name in added + changed:
+            self._start_worker(name, new.workers[name])
+        self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
+        return True
 
     def _warn_unapplied(self, new: NodeSpec) -> None:
         for key in (f.name for f in dataclasses.fields(NodeSpec)):

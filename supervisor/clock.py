@@ -1,45 +1,31 @@
-"""Clocks. Every timing decision reads an injected clock so tests can pin time.
+"""The node's local clocks, and which decision reads which.
 
-`monotonic()` measures intervals (deadlines, uptime, backoff); `wall()` stamps
-log lines and metrics only and is never compared with a stored timestamp.
+Two local clocks, no more:
+- The event loop's clock (`asyncio.get_running_loop().time()`, CLOCK_MONOTONIC) for
+  everything the loop itself waits on or measures: trust timers, sync intervals,
+  backoff, restart windows, uptime. Tests pin it with a virtual-clock loop
+  (tests/support/clocks.py).
+- `boottime()` for kill deadlines: CLOCK_BOOTTIME keeps counting while the machine is
+  suspended (CLOCK_MONOTONIC does not), so a laptop or VM thawed after a suspend finds a
+  stale renewal's deadline long past instead of trusting it. The trust watchdog
+  (supervisor/watchdog.py, a separate process) kills by the same clock; it keeps its own
+  copy of this function because it runs as `python -I -S` and imports the standard
+  library only. A trusted grant carries both: the loop instant for the keeper's timer,
+  the boot instant for the child path and the watchdog (coordination/leader.py, stamp()).
+
+Lease expiry is the database's clock, never a local one; the wall clock stamps logs only.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-
-class SystemClock:
-    """The process's real clocks."""
-
-    def monotonic(self) -> float:
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME (monotonic, counting through suspend); elsewhere, the
+    monotonic clock."""
+    if _BOOTTIME is None:
         return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-
-class FakeClock:
-    """A clock that moves only when told to; for tests."""
-
-    def __init__(self, start: float = 1000.0, wall_offset: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._wall_offset = wall_offset
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def wall(self) -> float:
-        return self._now + self._wall_offset
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a clock does not go back")
-        self._now += seconds
+    return time.clock_gettime(_BOOTTIME)

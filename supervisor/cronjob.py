@@ -19,74 +19,70 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from supervisor.clock import Clock
+from supervisor.child import (
+    EXITED,
+    NOT_STARTED,
+    SPAWN_FAILED,
+    STOPPED,
+    TIMED_OUT,
+    ChildEnd,
+    ChildRunner,
+)
 from supervisor.coordination.cron import CronMode, RunGrant
-from supervisor.errors import SpawnError
-from supervisor.model import (
-    CronRunEnded,
-    Event,
-    ExitReason,
-    WorkerExited,
-    WorkerOutput,
-    WorkerStarted,
-    WorkerState,
-    format_duration,
-)
-from supervisor.runner import (
-    GroupGuard,
-    ProcessSpec,
-    RunningProcess,
-    first_of,
-    spawn,
-    unless_stopped,
-)
-from supervisor.spec import WorkerSpec
+from supervisor.model import CronRunEnded, Event, WorkerState
+from supervisor.runner import TrustWatchdog, unless_stopped
+from supervisor.spec import NodeSpec, WorkerSpec
 
 log = logging.getLogger("supervisor")
 
 
 class CronSupervisor:
-    """The cron counterpart of WorkerSupervisor, with the same face for the Supervisor."""
+    """The cron counterpart of WorkerSupervisor, with the same face for the Supervisor;
+    its runs go through the same child path (supervisor.child)."""
 
     def __init__(
         self,
         name: str,
         config: WorkerSpec,
+        settings: NodeSpec,
         *,
         mode: CronMode,
-        make_spec: Callable[[RunGrant], ProcessSpec],
         publish: Callable[[Event], None],
-        guard: GroupGuard | None,
-        clock: Clock,
+        watchdog: TrustWatchdog | None,
+        base_dir: Path,
+        environ: Mapping[str, str],
     ) -> None:
         self.name = name
         self.config = config
-        self.state = WorkerState.WAITING
         self.mode = mode
-        self._make_spec = make_spec
         self._publish = publish
-        self._guard = guard
-        self._clock = clock
         self._stop = asyncio.Event()
-        self._procs: dict[int, RunningProcess] = {}  # by claim token
+        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
+                                  publish=publish, watchdog=watchdog, stop=self._stop)
+        self._stopped = False
+
+    @property
+    def state(self) -> WorkerState:
+        if self._child.procs:
+            return WorkerState.RUNNING
+        return WorkerState.STOPPED if self._stopped else WorkerState.WAITING
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def kill_now(self) -> None:
         self._stop.set()
-        for proc in list(self._procs.values()):
-            proc.kill()
+        self._child.kill_now()
 
     @property
     def pid(self) -> int | None:
-        return next(iter(self._procs.values())).pid if self._procs else None
+        return self._child.pid
 
     def forward(self, sig: signal.Signals) -> None:
-        for proc in list(self._procs.values()):
-            proc.signal_group(sig)
+        self._child.forward(sig)
 
     async def run(self) -> WorkerState:
         async with asyncio.TaskGroup() as runs:
@@ -97,87 +93,44 @@ class CronSupervisor:
                 for grant in grants:
                     runs.create_task(self._run(grant), name=f"cron-{self.name}")
             await asyncio.shield(self.mode.abandon())
-        self.state = WorkerState.STOPPED
+        self._stopped = True
         return self.state
 
     async def _run(self, grant: RunGrant) -> None:
-        run = grant.run
-        assert run is not None
         if self.config.overlap == "replace" and not await self._clear(grant):
             await self._record(grant, "stopped", None,
                                grant.reason or "supervisor stopped before the run started",
                                0.0)
             return
-        spec = self._make_spec(grant)
-        try:
-            proc = await spawn(spec, self._sink, guard=self._guard, clock=self._clock)
-        except SpawnError as exc:
-            log.error("%s: %s", self.name, exc)
-            self._publish(WorkerExited(self.name, None, ExitReason.SPAWN_FAILED, str(exc), 0.0))
-            await self._record(grant, "failed", None, str(exc), 0.0)
-            return
-        self._procs[run.token] = proc
-        self.state = WorkerState.RUNNING
-        self._publish(WorkerStarted(self.name, proc.pid, spec.argv))
-        try:
-            state, reason = await self._supervise(proc, grant)
-        finally:
-            del self._procs[run.token]
-            if not self._procs:
-                self.state = WorkerState.WAITING
-        status = await proc.wait()
-        uptime = proc.uptime()
-        self._publish(WorkerExited(self.name, proc.pid, status.reason, status.describe(), uptime))
-        code = status.returncode if status.returncode >= 0 else None
-        await self._record(grant, state, code, reason, uptime)
+        end = await self._child.run(grant, run_limit=self.config.timeout)
+        state, reason = _outcome(end, grant)
+        status = end.status
+        code = status.returncode if status is not None and status.returncode >= 0 else None
+        await self._record(grant, state, code, reason, end.uptime)
 
     async def _clear(self, grant: RunGrant) -> bool:
         """overlap = replace: wait until the earlier runs are gone fleet-wide."""
         return bool(await unless_stopped(self._stop, self.mode.wait_clear(grant)))
 
-    async def _supervise(self, proc: RunningProcess, grant: RunGrant) -> tuple[str, str | None]:
-        """Wait for the run to end, stopping it when it must; (state, reason)."""
-        exited = asyncio.ensure_future(proc.wait())
-        timeout = self.config.timeout
-        timer: Awaitable[object] = asyncio.sleep(timeout) if timeout else asyncio.Event().wait()
-        try:
-            await first_of(exited, self._stop.wait(), grant.revoked.wait(), timer)
-        except asyncio.CancelledError:
-            await asyncio.shield(proc.stop())
-            raise
-        if exited.done():
-            status = exited.result()
-            if status.success:
-                return "succeeded", None
-            return "failed", status.describe()
-        if grant.revoked.is_set():
-            grace = grant.stop_grace
-            if grace is not None:
-                grace = min(grace, self.config.stop_timeout)
-            await asyncio.shield(self._stop_hurried(proc, grant, grace))
-            return "stopped", grant.reason or "the node lost the run"
-        if self._stop.is_set():
-            await asyncio.shield(proc.stop())
-            return "stopped", "supervisor stopped"
-        await asyncio.shield(proc.stop())
-        return "timed_out", f"ran longer than timeout ({format_duration(timeout or 0.0)})"
-
-    async def _stop_hurried(self, proc: RunningProcess, grant: RunGrant,
-                            grace: float | None) -> None:
-        """Stop with `grace`; SIGKILL at once if the keeper shortens it meanwhile."""
-        stopping = asyncio.ensure_future(proc.stop(grace=grace))
-        await first_of(stopping, grant.hurry.wait())
-        if not stopping.done():
-            proc.kill()
-        await stopping
-
     async def _record(self, grant: RunGrant, state: str, exit_code: int | None,
                       reason: str | None, duration: float) -> None:
         run = grant.run
-        assert run is not None
         recorded = await asyncio.shield(self.mode.finish(grant, state, exit_code, reason))
         self._publish(CronRunEnded(self.name, run.tick, run.slot, run.token, state, exit_code,
                                    duration, recorded))
 
-    def _sink(self, stream: str, line: str) -> None:
-        self._publish(WorkerOutput(self.name, stream, line))
+
+def _outcome(end: ChildEnd, grant: RunGrant) -> tuple[str, str | None]:
+    """The run's recorded state and reason, from how its child's watch ended."""
+    if end.cause == EXITED:
+        ok = end.status is not None and end.status.success
+        return ("succeeded", None) if ok else ("failed", end.reason)
+    if end.cause == SPAWN_FAILED:
+        return "failed", end.reason
+    if end.cause == TIMED_OUT:
+        return "timed_out", end.reason
+    if end.cause == NOT_STARTED:
+        return "stopped", end.reason or "supervisor stopped before the run started"
+    if end.cause == STOPPED:
+        return "stopped", "supervisor stopped"
+    return "stopped", end.reason or grant.reason or "the node lost the run"

@@ -4,7 +4,10 @@
     ├── ConfigError          the config file or an override is invalid; carries every issue
     ├── SpawnError           a worker's program could not be started
     └── StoreError           the coordination store failed (translated at the SQL seam)
-        └── StoreUnavailable the database could not be reached in time
+        ├── StoreUnavailable the database could not be reached in time
+        ├── StoreRefused     the database refused a write because of a row
+        ├── SchemaMissing    the database has no schema of ours
+        └── SchemaNewer      the schema needs a newer release than this one
 
 Losing an election is a return value, never an exception.
 """
@@ -49,3 +52,25 @@ class StoreError(SupervisorError):
 
 class StoreUnavailable(StoreError):
     """The database could not be reached, or did not answer within the time allowed."""
+
+
+class StoreRefused(StoreError):
+    """The database refused a write because of a row (a constraint it would break, a value
+    out of range): trying the same write again changes nothing until the row is mended."""
+
+
+class SchemaMissing(StoreError):
+    """The database has no schema of ours (never upgraded, or another database)."""
+
+
+class SchemaNewer(StoreError):
+    """The schema was migrated by a release newer than this one, which it does not admit."""
+
+    def __init__(self, *, revision: str, min_release: str | None, release: str) -> None:
+        self.revision = revision
+        self.min_release = min_release
+        self.release = release
+        needs = f", needs at least {min_release}" if min_release else ""
+        super().__init__(
+            f"the database schema is newer than this supervisor (revision {revision}{needs};"
+            f" this is {release}): upgrade the supervisor")

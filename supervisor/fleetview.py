@@ -6,6 +6,11 @@ UTC: "now" is always `store.db_now()`, never this host's clock, so the next cron
 tick and every "in"/"left" figure agree with what the fleet decides. The database
 URL is always shown masked.
 
+Each live node is shown with its release and time-zone data (where zoneinfo loads zones
+from, and which version; "unknown" for nodes of older releases), and one warning line
+when live nodes report different versions: their cron ticks in a zone whose rules
+differ between those versions fall on different instants (guarantee 12).
+
 Coordinated workers (guarantee 5) are shown per worker key (`worker`, or
 `worker/group` for scope group): the published generation and count, each assigned
 member with its index (or standby) and whether it holds a slot, live members not yet
@@ -27,8 +32,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from supervisor.config import WorkerConfig
-from supervisor.coordination.coordinated import coord_key
-from supervisor.model import Mode, format_utc
+from supervisor.model import (
+    Mode,
+    coord_key,
+    format_utc,
+    parse_coord_key,
+    parse_leader_lease,
+    per_group_prefix,
+)
 from supervisor.schedule import next_tick, parse_schedule, parse_timezone
 from supervisor.store import (
     CoordAssigned,
@@ -41,6 +52,7 @@ from supervisor.store import (
     Member,
     TermRecord,
 )
+from supervisor.tzinfo_source import UNKNOWN, NodeZoneData, by_version, differ_warning
 
 TICKS_SHOWN = 5  # per cron worker in `status`
 
@@ -58,18 +70,8 @@ def iso(epoch: float | None) -> str | None:
 
 
 def worker_of(lease: str) -> tuple[str, str | None]:
-    """("leader/indexer/blue") -> ("indexer", "blue")."""
-    parts = lease.split("/")
-    if len(parts) >= 2 and parts[0] == "leader":
-        return parts[1], parts[2] if len(parts) > 2 else None
-    return lease, None
-
-
-def worker_of_key(key: str) -> tuple[str, str | None]:
-    """A coordinated worker key: ("indexer/blue") -> ("indexer", "blue"), ("indexer") ->
-    ("indexer", None). Worker names never contain "/"."""
-    worker, _, group = key.partition("/")
-    return worker, group or None
+    """("leader/indexer/blue") -> ("indexer", "blue"); any other lease is shown whole."""
+    return parse_leader_lease(lease) or (lease, None)
 
 
 def shown_name(worker: str, group: str | None) -> str:
@@ -88,12 +90,32 @@ def status_data(database: str, db_now: float, members: Sequence[Member],
         "database_time": iso(db_now),
         "nodes": [
             {"node_id": m.holder.node_id, "group": m.holder.group, "pid": m.holder.pid,
-             "since": iso(m.started_at), "expires_in": round(m.expires_at - db_now, 3)}
+             "since": iso(m.started_at), "expires_in": round(m.expires_at - db_now, 3),
+             "release": m.release, "tz_source": m.tz_source, "tz_version": m.tz_version}
             for m in members
         ],
-        "leaders": [_lease_data(lease) for lease in leases if lease.name.startswith("leader/")],
+        "zone_data": zone_data_section(members),
+        "leaders": [_lease_data(lease) for lease in leases
+                    if parse_leader_lease(lease.name) is not None],
         "coordinated": list(coordinated),
         "cron": list(cron),
+    }
+
+
+def zone_data_section(members: Sequence[Member]) -> dict[str, Any]:
+    """The live nodes' time-zone data compared: node labels by reported version, those
+    that report none (older releases) or an unknown one, and the warning line when the
+    versions differ (None when they agree)."""
+    ids = [m.holder.node_id for m in members]
+    nodes = [NodeZoneData(m.holder.node_id if ids.count(m.holder.node_id) == 1
+                          else f"{m.holder.node_id} (pid {m.holder.pid})",
+                          m.tz_source, m.tz_version) for m in members]
+    versions = by_version(nodes)
+    return {
+        "differ": len(versions) > 1,
+        "versions": {v: [n.label for n in group] for v, group in sorted(versions.items())},
+        "unknown": [n.label for n in nodes if n.version in (None, UNKNOWN)],
+        "warning": differ_warning(nodes),
     }
 
 
@@ -132,7 +154,8 @@ def coord_section(workers: Mapping[str, WorkerConfig], members: Sequence[Member]
             continue
         keys = {coord_key(name, "group", group) for group in groups}
         views = [read_view(key) for key in sorted(keys)]
-        for key in sorted({k for k in known_keys(name) if k.startswith(f"{name}/")} - keys):
+        prefix = per_group_prefix(name)
+        for key in sorted({k for k in known_keys(name) if k.startswith(prefix)} - keys):
             view = read_view(key)
             if view.members or _held(view):
                 views.append(view)
@@ -152,7 +175,7 @@ def coord_status(view: CoordStatus, instances: int | None = None) -> dict[str, A
     With `instances` fixed and every index taken by a live member, a live member not
     in the generation stands by (no generation is published for standbys coming and
     going); otherwise it is joining, and the next generation will include it."""
-    worker, group = worker_of_key(view.worker_key)
+    worker, group = parse_coord_key(view.worker_key)
     held: dict[str, CoordSlot] = {}
     for slot in sorted(_held(view), key=lambda s: s.generation):  # newest wins
         held[slot.holder.nonce] = slot
@@ -304,7 +327,10 @@ def status_text(data: dict[str, Any]) -> str:
     lines.append(f"nodes: {len(data['nodes'])} live")
     for node in data["nodes"]:
         lines.append(f"  {node['node_id']:<24} group {node['group']:<12} pid {node['pid']:<8} "
-                     f"since {node['since']}  expires in {node['expires_in']:.1f}s")
+                     f"since {node['since']}  expires in {node['expires_in']:.1f}s"
+                     f"  {_facts_text(node)}")
+    if data["zone_data"]["warning"]:
+        lines.append(f"  {data['zone_data']['warning']}")
     lines += ["", f"leaders: {len(data['leaders'])}"]
     for lease in data["leaders"]:
         name = lease["worker"] + (f"@{lease['group']}" if lease["group"] else "")
@@ -321,6 +347,15 @@ def status_text(data: dict[str, Any]) -> str:
     for cron in data["cron"]:
         lines += _cron_text(cron)
     return "\n".join(lines)
+
+
+def _facts_text(node: dict[str, Any]) -> str:
+    """A node's facts as text: `release 0.1.0  tz data 2024a (tzdata)`, "unknown" for
+    what a node of an older release does not report."""
+    release = node["release"] or UNKNOWN
+    if node["tz_version"] is None and node["tz_source"] is None:
+        return f"release {release}  tz data {UNKNOWN}"
+    return f"release {release}  tz data {node['tz_version'] or UNKNOWN} ({node['tz_source']})"
 
 
 def _cron_text(cron: dict[str, Any]) -> list[str]:
@@ -423,7 +458,7 @@ def _history_run(r: CronRunRecord) -> dict[str, Any]:
 
 
 def _generation_data(g: CoordGeneration) -> dict[str, Any]:
-    worker, group = worker_of_key(g.worker_key)
+    worker, group = parse_coord_key(g.worker_key)
     by_index = {g.index_of(pos): h.node_id for pos, h in enumerate(g.members)}
     return {
         "kind": "generation", "at": iso(g.published_at), "worker": worker, "group": group,

@@ -7,10 +7,16 @@ Names follow SPEC.md: `supervisor_worker_up`, `supervisor_worker_restarts_total`
 `supervisor_claims_total{result}`; plus cron run outcomes
 (`supervisor_cron_runs_total{outcome}`), the backoff
 state, so a worker that keeps failing is visible before anyone reads its logs, the
-fencing token held, and the database-minus-local clock offset.
+fencing token held, the database-minus-local clock offset, and the lines dropped because
+a reader of the supervisor's output stalled
+(`supervisor_output_dropped_lines_total{worker,stream}`, `worker=""` for the supervisor's
+own log; counted by supervisor.output from any thread that logs as well as from the event
+loop: prometheus-client's counters are thread-safe).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -34,7 +40,7 @@ from supervisor.model import (
 class Metrics:
     """Subscriber: keeps the gauges and counters that /metrics exposes."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.worker_up = Gauge("supervisor_worker_up", "1 while the worker's child runs",
@@ -94,6 +100,21 @@ class Metrics:
                                     ["operation", "result"], registry=r,
                                     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5,
                                              1, 2.5, 5, 10))
+        self.output_dropped = Counter(
+            "supervisor_output_dropped_lines", "Lines not written because the reader of the "
+            "supervisor's stdout or stderr stalled; worker=\"\" for the supervisor's own log",
+            ["worker", "stream"], registry=r)
+        self.output_dropped.labels("", "stderr")  # every series exists from the start
+        for name in workers:
+            self._output_series(name)
+
+    def _output_series(self, worker: str) -> None:
+        for stream in ("stdout", "stderr"):
+            self.output_dropped.labels(worker, stream)
+
+    def output_dropped_line(self, worker: str, stream: str) -> None:
+        """For supervisor.output: one line of `worker` ("": the supervisor's) was dropped."""
+        self.output_dropped.labels(worker, stream).inc()
 
     def __call__(self, event: Event) -> None:
         name = event.worker
@@ -101,6 +122,7 @@ class Metrics:
                       | DatabaseCall):
             self._coordination(event)
         elif isinstance(event, WorkerStarted):
+            self._output_series(name)  # a worker added by a reload
             self.worker_up.labels(name).set(1)
             self.backoff.labels(name).set(0)
             self.failed.labels(name).set(0)

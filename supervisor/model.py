@@ -22,6 +22,72 @@ class Mode(enum.StrEnum):
     CRON = "cron"
 
 
+KEY_LENGTH = 255  # characters in the database's key columns (lease names, coordinated keys)
+
+
+# Key names, built and parsed here only. Worker names never contain "/" (config's
+# WORKER_NAME); a group may, so a group is everything after the worker's "/".
+_SEP = "/"
+_LEADER = "leader/"
+
+
+def leader_lease(worker: str, group: str | None = None) -> str:
+    """A leader worker's lease name: "leader/<worker>", or "leader/<worker>/<group>"."""
+    return _LEADER + worker if group is None else f"{_LEADER}{worker}{_SEP}{group}"
+
+
+def lease_name(worker: str, mode: Mode, scope: str | None, group: str) -> str:
+    """The lease a leader worker's nodes compete for: one per group, or one fleet-wide."""
+    per_group = mode is Mode.GROUP_LEADER and scope != "global"
+    return leader_lease(worker, group if per_group else None)
+
+
+def parse_leader_lease(name: str) -> tuple[str, str | None] | None:
+    """(worker, group or None) of a leader lease name; None for any other lease (a
+    coordinated key's "coord/..." lease)."""
+    if not name.startswith(_LEADER):
+        return None
+    return _worker_and_group(name[len(_LEADER):])
+
+
+def coord_key(worker: str, scope: str | None, group: str) -> str:
+    """A coordinated worker's membership key: per group with scope "group"."""
+    return f"{worker}{_SEP}{group}" if scope == "group" else worker
+
+
+def parse_coord_key(key: str) -> tuple[str, str | None]:
+    """(worker, group or None) of a coordinated key: "indexer/blue" -> ("indexer", "blue"),
+    "indexer" -> ("indexer", None)."""
+    return _worker_and_group(key)
+
+
+def per_group_prefix(key: str) -> str:
+    """What the per-group forms of a fleet-wide name begin with: `leader_lease(w, g)`
+    starts with `per_group_prefix(leader_lease(w))`, and the coordinated key of `w` in
+    group g with `per_group_prefix(w)`."""
+    return key + _SEP
+
+
+def _worker_and_group(key: str) -> tuple[str, str | None]:
+    worker, _, group = key.partition(_SEP)
+    return worker, group or None
+
+
+def coord_lease(key: str) -> str:
+    """The lease whose holder publishes a coordinated key's generations."""
+    return f"coord/{key}"
+
+
+def database_keys(worker: str, mode: Mode, scope: str | None, group: str) -> list[str]:
+    """Every key a worker's node writes to the database's key columns."""
+    if mode in (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER):
+        return [lease_name(worker, mode, scope, group)]
+    if mode is Mode.COORDINATED:
+        key = coord_key(worker, scope, group)
+        return [key, coord_lease(key)]
+    return []
+
+
 class RestartPolicy(enum.StrEnum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
@@ -65,7 +131,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         try:
             seconds = float(value)
-        except OverflowError:  # fix: an int beyond float range raised OverflowError, not ValueError
+        except OverflowError:  # an int beyond float range: refused like any bad duration
             raise ValueError(f"invalid duration {value!r}: too large") from None
     else:
         text = value.strip()
@@ -74,7 +140,7 @@ def parse_duration(value: object) -> float:
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             seconds = float(text)
         elif text and re.fullmatch(f"(?:{_PART.pattern})+", text):
-            # fix: "ms" divides by 1000 (9 * 0.001 != 0.009, but 9 / 1000 == 0.009 exactly)
+            # "ms" divides by 1000: 9 * 0.001 != 0.009, but 9 / 1000 == 0.009 exactly
             seconds = sum(
                 float(n) / 1000 if u == "ms" else float(n) * _UNIT_SECONDS[u]
                 for n, u in _PART.findall(text)
@@ -102,9 +168,9 @@ def format_duration(seconds: float) -> str:
             candidates.append(f"{int(seconds / size)}{unit}")
     if seconds < 1 and (seconds * 1000).is_integer():
         candidates.append(f"{int(seconds * 1000)}ms")
-    # fix: this used f"{seconds:g}s", which kept 6 digits ("1.23457s" for 1.23456789) and wrote
-    # exponents ("1e-05s") that parse_duration refuses. repr() is the shortest string that reads
-    # back as the same float; Decimal spells it without an exponent. Every candidate is checked.
+    # Not f"{seconds:g}s": it keeps 6 digits ("1.23457s" for 1.23456789) and writes exponents
+    # ("1e-05s") that parse_duration refuses. repr() is the shortest string that reads back as
+    # the same float; Decimal spells it without an exponent. Every candidate is checked.
     candidates.append(f"{Decimal(repr(float(seconds))):f}s")
     return next(text for text in candidates if parse_duration(text) == seconds)
 

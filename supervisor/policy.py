@@ -31,7 +31,7 @@ class Backoff:
             return 0.0
         try:
             base = min(self.max, self.initial * self.factor ** (attempt - 2))
-        except OverflowError:  # fix: 2.0 ** 1100 raised after ~1000 quick failures in a row
+        except OverflowError:  # 2.0 ** 1100, after ~1000 quick failures in a row: the cap
             base = self.max
         return base * (1.0 - self.jitter * draw)
 
@@ -79,7 +79,7 @@ class RestartTracker:
         if self._limit_reached(now):
             return RestartDecision(restart=False, attempt=self._attempt, give_up=True)
         self._attempt += 1
-        if self.max_restarts > 0:  # fix: with no limit nothing pruned this deque; it grew forever
+        if self.max_restarts > 0:  # with no limit nothing prunes this deque: keep it empty
             self._restarts.append(now)
         delay = self.backoff.delay(self._attempt, self._draw())
         return RestartDecision(restart=True, delay=delay, attempt=self._attempt)

@@ -5,12 +5,19 @@ Invariants:
   group, so grandchildren go too.
 - A child never outlives the supervisor: on Linux the kernel sends it SIGKILL when
   the supervisor dies (PR_SET_PDEATHSIG, set in the child before exec, with a check
-  that the parent did not die in between). On every platform a `GroupGuard`, a tiny
-  /bin/sh process in a session of its own, holds the list of live process groups and
-  SIGKILLs them all when the supervisor's end of its pipe closes, however the
-  supervisor died; this also catches grandchildren, which PDEATHSIG does not.
+  that the parent did not die in between). The `TrustWatchdog`, a small helper
+  process in a session of its own (supervisor/watchdog.py), holds every live process
+  group with the instant it must be dead by, SIGKILLs a group whose instant passes
+  whatever this process is doing (blocked, starved, stopped), and SIGKILLs them all
+  when the supervisor's end of its pipe closes, however the supervisor died; this also
+  catches grandchildren, which PDEATHSIG does not.
+- A child registers its own group with the watchdog from its pre-exec hook, before it
+  runs a line of its program: no window in which it runs unknown to the watchdog.
 - Children are spawned from the event loop's thread only: PDEATHSIG fires when the
   thread that forked the child ends, not the process.
+- The supervisor may hold many more descriptors than a child should: `run` raises its
+  soft RLIMIT_NOFILE (`raise_nofile_limit`), and every child started by `spawn` gets
+  the soft limit the supervisor itself was started with back, from its pre-exec hook.
 - Exit statuses come from waiting on each child's own pid. The only reaping of
   other processes is `reap_orphans()`, for a supervisor running as PID 1: it takes
   zombies the kernel handed over and never one of the processes started here.
@@ -21,15 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
+import math
 import os
+import resource
 import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
-from supervisor.clock import Clock, SystemClock
+from supervisor.clock import boottime
 from supervisor.errors import SpawnError
 from supervisor.model import ExitStatus
 
@@ -38,6 +49,7 @@ T = TypeVar("T")
 OutputSink = Callable[[str, str], None]  # (stream name, line without newline)
 
 _PR_SET_PDEATHSIG = 1
+_NOFILE_CEILING = 65536  # the supervisor's own soft RLIMIT_NOFILE, at most
 _MAX_LINE = 64 * 1024  # longer lines are passed on in pieces of this size
 _GROUP_POLL = 0.05  # leftover group members cannot be awaited, only polled
 _DRAIN_AFTER_EXIT = 1.0  # how long output may keep flowing after the child is gone
@@ -56,14 +68,48 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl = _load_prctl()
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """Runs in the forked child before exec: die with the parent."""
+class _Limits:
+    """The soft RLIMIT_NOFILE this process was started with, once `raise_nofile_limit`
+    raised it: children get it back. None: not raised, children inherit ours as is."""
+
+    child_nofile: int | None = None
+
+
+def raise_nofile_limit(ceiling: int = _NOFILE_CEILING) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (at most `ceiling`), so
+    that connections to the metrics port or many children cannot leave the supervisor
+    unable to open a pipe; children started by `spawn` get the original soft limit
+    back. Returns (the soft limit before, the soft limit now); never raises."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    if _Limits.child_nofile is None:  # raised twice: children still get the very first
+        _Limits.child_nofile = soft
+    return soft, target
+
+
+def _child_setup(parent_pid: int, bind: tuple[int, int] | None = None,
+                 nofile: int | None = None) -> Callable[[], None]:
+    """Runs in the forked child before exec: die with the parent, (nofile) lower the
+    soft RLIMIT_NOFILE back to what the supervisor started with, and (bind = the
+    watchdog's pipe and this child's token) tell the watchdog its process group."""
 
     def setup() -> None:
+        if nofile is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
         if _prctl is not None:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGKILL)
+        if bind is not None:
+            fd, token = bind
+            os.write(fd, b"bind %d %d\n" % (token, os.getpid()))  # one write: atomic
 
     return setup
 
@@ -108,58 +154,109 @@ def reap_orphans() -> bool:
     return True
 
 
-_GUARD_SCRIPT = r"""
-trap '' INT TERM HUP QUIT USR1 USR2
-groups=" "
-while IFS= read -r line; do
-  case "$line" in
-    +*) groups="$groups${line#+} " ;;
-    -*) keep=" "
-        for g in $groups; do [ "$g" = "${line#-}" ] || keep="$keep$g "; done
-        groups="$keep" ;;
-  esac
-done
-for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
-"""
+_WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
-class GroupGuard:
-    """Kills every registered process group when the supervisor goes away, however it goes."""
+class TrustWatchdog:
+    """The supervisor's side of the trust watchdog (supervisor/watchdog.py).
+
+    Each child gets a token; `deadline(token, t)` tells the watchdog the boot-clock
+    instant by which its group must be dead (inf: only when the supervisor dies), and
+    `drop(token)` forgets it once the group is gone. Writes go through the loop's pipe
+    transport, which buffers rather than blocks. `lost` is set when the watchdog
+    itself ends while the supervisor still runs: nothing enforces deadlines then, and
+    the supervisor must stop its trusted children and step down (`on_lost`).
+    """
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
+        self._tokens = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+        self.killed: dict[int, float] = {}  # token -> how late the watchdog killed it
+        self.lost = asyncio.Event()
+        self.on_lost: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         with _spawning() as record:
             self._proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", _GUARD_SCRIPT,
+                sys.executable, "-I", "-S", str(_WATCHDOG),
                 stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
             record(self._proc.pid)
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._proc),
+                                                              name="watchdog")
 
-    def register(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
-    def unregister(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
+    def new_token(self, deadline: float) -> tuple[int, int] | None:
+        """A token for a child about to be spawned, with its first deadline; and the
+        pipe's descriptor for the child's own `bind` line. None if no watchdog runs."""
+        fd = self._fd()
+        if fd is None:
+            return None
+        token = next(self._tokens)
+        self.deadline(token, deadline)
+        return fd, token
+
+    def deadline(self, token: int, when: float) -> None:
+        self._send(f"set {token} {'inf' if math.isinf(when) else f'{when:.6f}'}\n")
+
+    def drop(self, token: int) -> None:
+        self.killed.pop(token, None)
+        self._send(f"drop {token}\n")
+
+    def _fd(self) -> int | None:
+        if self._proc is None or self._proc.stdin is None or self.lost.is_set():
+            return None
+        pipe = self._proc.stdin.transport.get_extra_info("pipe")
+        return None if pipe is None else int(pipe.fileno())
 
     def _send(self, line: str) -> None:
         if self._proc is not None and self._proc.stdin is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._proc.stdin.write(line.encode())
 
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.stdout is None:  # start() asks for a pipe: only a broken start gets here
+            raise RuntimeError("the trust watchdog has no stdout pipe to read")
+        async for raw in proc.stdout:
+            words = raw.decode(errors="replace").split()
+            if len(words) == 4 and words[0] == "killed":
+                self.killed[int(words[1])] = float(words[3])
+        code = await proc.wait()
+        if not self._closing:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            self.lost.set()
+            if self.on_lost is not None:
+                self.on_lost(f"the trust watchdog (pid {proc.pid}) ended ({how})")
+
     async def close(self) -> None:
-        """A clean end: every group has been unregistered, so the guard kills nothing."""
+        """A clean end: every group has been dropped, so the watchdog kills nothing."""
         if self._proc is None:
             return
+        self._closing = True
         proc, self._proc = self._proc, None
         if proc.stdin is not None:
             proc.stdin.close()
-        with contextlib.suppress(ProcessLookupError, TimeoutError):
+        try:
             await asyncio.wait_for(proc.wait(), timeout=2.0)
+        except TimeoutError:
+            # Slow to leave (a starved or stopped machine): it has nothing left to kill, so
+            # end it, and reap it before the loop closes (else asyncio's transport is
+            # finalised on a closed loop: "Event loop is closed" at exit).
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         _Children.pids.discard(proc.pid)
 
 
@@ -216,30 +313,57 @@ _STREAMS = {1: "stdout", 2: "stderr"}
 
 
 class RunningProcess:
-    """A started child. `wait()` and `stop()` may be awaited from several tasks."""
+    """A started child. `wait()` and `stop()` may be awaited from several tasks.
+
+    `kill_at` is the boot-clock instant by which its group must be dead (inf: none);
+    `set_deadline` moves it and tells the watchdog, which kills by it on its own.
+    `started_at` and `uptime()` are on the event loop's clock, as the restart policy is.
+    """
 
     def __init__(
         self,
         transport: asyncio.SubprocessTransport,
         protocol: _ChildProtocol,
         spec: ProcessSpec,
-        guard: GroupGuard | None,
-        clock: Clock,
+        watched: tuple[TrustWatchdog, int] | None,
+        kill_at: float = math.inf,
     ) -> None:
         self._transport = transport
         self._protocol = protocol
         self.spec = spec
         self.pid = transport.get_pid()
-        self.started_at = clock.monotonic()
-        self._clock = clock
-        self._guard = guard
+        self._loop = asyncio.get_running_loop()
+        self.started_at = self._loop.time()
+        self._watched = watched
+        self.kill_at = kill_at
         self._stop_requested = False
+        self._watchdog_killed = False
         self._done: asyncio.Task[ExitStatus] = asyncio.create_task(
             self._finish(), name=f"child-{self.pid}"
         )
 
     def uptime(self) -> float:
-        return self._clock.monotonic() - self.started_at
+        return self._loop.time() - self.started_at
+
+    def set_deadline(self, kill_at: float) -> None:
+        """The group must be dead by `kill_at` (boot clock); the watchdog enforces it."""
+        if kill_at != self.kill_at:
+            self.kill_at = kill_at
+            if self._watched is not None:
+                watchdog, token = self._watched
+                watchdog.deadline(token, kill_at)
+
+    @property
+    def killed_by_watchdog(self) -> bool:
+        """The watchdog SIGKILLed this child's group at its deadline: it said so, or the
+        child died of a SIGKILL nobody here sent once its deadline had passed (the
+        watchdog's report may still be in its pipe)."""
+        return self._watchdog_killed
+
+    def begin_stop(self, sig: signal.Signals | None = None) -> None:
+        """Send the stop signal (the caller enforces the deadline)."""
+        self._stop_requested = True
+        self.signal_group(sig or self.spec.stop_signal)
 
     async def wait(self) -> ExitStatus:
         """The exit status, once the child has exited and its group and output are done."""
@@ -275,6 +399,11 @@ class RunningProcess:
             returncode = self._transport.get_returncode()
             status = ExitStatus(-1 if returncode is None else returncode,
                                 stop_requested=self._stop_requested)
+            if self._watched is not None:
+                watchdog, token = self._watched
+                self._watchdog_killed = token in watchdog.killed or (
+                    status.signal is signal.SIGKILL and not self._stop_requested
+                    and boottime() >= self.kill_at)
             await self._clear_group()
             # Output may still be in flight; a grandchild that escaped the group may
             # hold the pipes open for ever, so the wait for the end of output is bounded.
@@ -282,17 +411,19 @@ class RunningProcess:
             return status
         finally:
             self._transport.close()
-            if self._guard is not None:
-                self._guard.unregister(self.pid)
+            if self._watched is not None:
+                watchdog, token = self._watched
+                watchdog.drop(token)
 
     async def _clear_group(self) -> None:
-        """Members of the group may outlive the child: give them the stop signal, then SIGKILL."""
+        """Members of the group may outlive the child: give them the stop signal, then
+        SIGKILL after stop_timeout or at the child's deadline, whichever comes first."""
         if not _group_alive(self.pid):
             return
         self.signal_group(signal.SIGKILL if self._stop_requested else self.spec.stop_signal)
-        deadline = self._clock.monotonic() + self.spec.stop_timeout
+        deadline = boottime() + self.spec.stop_timeout
         # Not our children: no exit to await, so poll (rare: only leftovers after an exit).
-        while _group_alive(self.pid) and self._clock.monotonic() < deadline:  # noqa: ASYNC110
+        while _group_alive(self.pid) and boottime() < min(deadline, self.kill_at):  # noqa: ASYNC110
             await asyncio.sleep(_GROUP_POLL)
         self.signal_group(signal.SIGKILL)
 
@@ -311,11 +442,15 @@ async def spawn(
     spec: ProcessSpec,
     sink: OutputSink,
     *,
-    guard: GroupGuard | None = None,
-    clock: Clock | None = None,
+    watchdog: TrustWatchdog | None = None,
+    kill_at: float = math.inf,
 ) -> RunningProcess:
-    """Start the program in its own session; raises SpawnError if it cannot be started."""
+    """Start the program in its own session; raises SpawnError if it cannot be started.
+
+    With a watchdog, the child is known to it, with `kill_at` (boot clock) as its
+    deadline, before its program runs."""
     loop = asyncio.get_running_loop()
+    bind = None if watchdog is None else watchdog.new_token(kill_at)
     try:
         with _spawning() as record:
             transport, protocol = await loop.subprocess_exec(
@@ -327,16 +462,17 @@ async def spawn(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_child_setup(os.getpid()),
+                preexec_fn=_child_setup(os.getpid(), bind, _Limits.child_nofile),
             )
             record(transport.get_pid())
-    except OSError as exc:
-        what = exc.strerror or str(exc)
-        where = f" in {spec.cwd!r}" if exc.filename == spec.cwd else ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        if watchdog is not None and bind is not None:
+            watchdog.drop(bind[1])
+        what = getattr(exc, "strerror", None) or str(exc)
+        where = f" in {spec.cwd!r}" if getattr(exc, "filename", None) == spec.cwd else ""
         raise SpawnError(f"cannot start {spec.argv[0]!r}{where}: {what}") from exc
-    if guard is not None:
-        guard.register(transport.get_pid())
-    return RunningProcess(transport, protocol, spec, guard, clock or SystemClock())
+    watched = None if watchdog is None or bind is None else (watchdog, bind[1])
+    return RunningProcess(transport, protocol, spec, watched, kill_at)
 
 
 async def capture(argv: Sequence[str], env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
@@ -349,6 +485,10 @@ async def capture(argv: Sequence[str], env: Mapping[str, str]) -> tuple[int, byt
         record(proc.pid)
     try:
         stdout, stderr = await proc.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # nobody wants its answer any more (a stop won over a reload)
+        raise
     finally:
         _Children.pids.discard(proc.pid)
     return proc.returncode or 0, stdout, stderr

@@ -72,6 +72,7 @@ class HistorySpec:
 @dataclass(frozen=True)
 class NodeSpec:
     database_url: str = "sqlite:///supervisor.db"
+    database_listen_url: str = ""
     node_id: str = ""
     group: str = "default"
     log_format: str = "text"

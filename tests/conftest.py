@@ -149,6 +149,10 @@ def supervisor_run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         path = tmp_path / name
         path.write_text(config)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+        # Tests run in parallel: a config that leaves metrics on must not take the fixed
+        # default port (9464) another worker's supervisor holds. Port 0 is ephemeral; the
+        # supervisor prints the port it got. A test's own env can still set one.
+        full_env["SUPERVISOR_METRICS__PORT"] = "0"
         full_env.update(env or {})
         argv = [*(prefix or []), str(SUPERVISOR_BIN), "run", "-c", str(path)]
         running = Running(argv, full_env, tmp_path)
@@ -166,9 +170,28 @@ def supervisor_run(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         running.close()
 
 
+SERIAL_ONLY = (
+    "server_restart: this test stops the PostgreSQL/MariaDB server that every other test "
+    "worker is using; run it on its own after the parallel run, as `make test` does: "
+    "pytest -m server_restart"
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that restart a shared database server run after every other test."""
+    """Tests that restart a shared database server run after every other test.
+
+    That order protects the others only in a serial run; `make test` runs the rest in
+    parallel (pytest-xdist) with `-m "not server_restart"`, then these in a serial run.
+    """
     items.sort(key=lambda item: item.get_closest_marker("server_restart") is not None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Refuse a server restart inside an xdist worker: other workers' tests would lose
+    their database mid-test and fail for no fault of their own."""
+    parallel = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+    if parallel and item.get_closest_marker("server_restart"):
+        pytest.fail(SERIAL_ONLY, pytrace=False)
 
 
 BASE_CONFIG = """

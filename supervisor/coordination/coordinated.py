@@ -26,14 +26,10 @@ from collections.abc import Callable, Sequence
 from supervisor.coordination import Grant
 from supervisor.coordination.leader import LeaseKeeper
 from supervisor.errors import StoreError
-from supervisor.model import CoordinationSeen, Event, Mode
+from supervisor.model import CoordinationSeen, Event, Mode, coord_lease
 from supervisor.store import CoordSlot, CoordStatus, CoordView, Holder
 
 log = logging.getLogger("supervisor")
-
-
-def coord_key(worker: str, scope: str | None, group: str) -> str:
-    return f"{worker}/{group}" if scope == "group" else worker
 
 
 class CoordinatedMode:
@@ -69,7 +65,7 @@ class CoordinatedMode:
         while True:
             view = self._view
             if view is not None and view.generation > 0 and view.index is not None:
-                grant = await self._try_slot(view)
+                grant = await self._try_slot(view, view.index)
                 if grant is not None:
                     return grant
             self._changed.clear()
@@ -82,7 +78,7 @@ class CoordinatedMode:
             return
         self._keeper.untrack_slot(slot)
         try:
-            await self._keeper.call(self._keeper.store.coord_release_slot, slot)
+            await self._keeper.call(self._keeper.store.coord_release_slot, slot, release=True)
         except StoreError as exc:
             log.warning("%s: could not release slot %d of generation %d (%s); it expires "
                         "by itself", self._worker, slot.index, slot.generation, exc)
@@ -96,7 +92,7 @@ class CoordinatedMode:
                 await self._publisher
         with contextlib.suppress(StoreError):
             await self._keeper.call(self._keeper.store.coord_leave, self._key,
-                                    self._keeper.holder)
+                                    self._keeper.holder, release=True)
 
     # --- membership and views --------------------------------------------------------------
 
@@ -112,9 +108,9 @@ class CoordinatedMode:
         self._news.set()
         grant = self._grant
         if grant is not None and view.generation > self._grant_generation:
-            # A new generation: stop this child (its stop_timeout) and give the slot back.
-            grant.reason = f"generation {view.generation} was published"
-            grant.revoked.set()
+            # A new generation: stop this child (its stop_timeout, or sooner if its trust
+            # runs out meanwhile) and give the slot back.
+            grant.revoke(f"generation {view.generation} was published")
         members = None if view.members is None else len(view.members)
         self._publish(CoordinationSeen(self._worker, view.generation, view.count, view.index,
                                        members))
@@ -124,12 +120,12 @@ class CoordinatedMode:
                 self._seen = live
                 self._seen_since = asyncio.get_running_loop().time()
 
-    async def _try_slot(self, view: CoordView) -> Grant | None:
-        assert view.index is not None
-        sent_at = asyncio.get_running_loop().time()
+    async def _try_slot(self, view: CoordView, index: int) -> Grant | None:
+        """Take slot `index` (this member's in `view`) of the view's generation."""
+        sent = self._keeper.stamp()
         try:
             slot = await self._keeper.call(
-                self._keeper.store.coord_acquire_slot, self._key, view.index,
+                self._keeper.store.coord_acquire_slot, self._key, index,
                 view.generation, self._keeper.holder, self._keeper.timing.lease_ttl)
         except StoreError:
             return None
@@ -141,13 +137,13 @@ class CoordinatedMode:
             "SUPERVISOR_GENERATION": str(slot.generation),
         }, stop_grace=None)
         self._slot, self._grant, self._grant_generation = slot, grant, slot.generation
-        self._keeper.track_slot(slot, grant, sent_at)
+        self._keeper.track_slot(slot, grant, sent)
         return grant
 
     # --- publishing --------------------------------------------------------------------------
 
     async def _publish_while_leader(self) -> None:
-        lease = f"coord/{self._key}"
+        lease = coord_lease(self._key)
         while True:
             grant = await self._keeper.wait_for(lease, self._worker, self._group)
             self._keeper.coord_watch(self._key, True)

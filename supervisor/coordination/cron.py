@@ -49,12 +49,11 @@ _MISS_MARGIN = 0.25  # record a miss this long after its grace ended, by our est
 # the database clock, so that the database agrees the grace is over
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunGrant(Grant):
     """The right to run one claimed slot of one tick, once."""
 
-    run: CronRun | None = None
-    sent_at: float = 0.0
+    run: CronRun
 
 
 class CronMode:
@@ -121,7 +120,6 @@ class CronMode:
     async def wait_clear(self, grant: RunGrant) -> bool:
         """overlap = replace: wait until no run of an earlier tick is still going fleet-wide
         (each was asked to stop by the claim); False if this run was revoked meanwhile."""
-        assert grant.run is not None
         while not grant.revoked.is_set():
             with contextlib.suppress(StoreError):
                 left = await self._keeper.call(self._keeper.store.cron_earlier_running,
@@ -139,7 +137,6 @@ class CronMode:
         away (meanwhile the run is still renewed). False if it could not be recorded,
         or the run had already been marked lost."""
         run = grant.run
-        assert run is not None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._keeper.timing.lease_ttl
         try:
@@ -179,12 +176,11 @@ class CronMode:
 
     async def _claim(self, tick: float) -> bool:
         """One claim of a slot of `tick`; False when nothing (more) was acquired."""
-        loop = asyncio.get_running_loop()
         spec = self._spec
         delay = _RETRY[0]
         early = 0
         while True:
-            sent_at = loop.time()
+            sent = self._keeper.stamp()
             try:
                 outcome: ClaimOutcome = await self._keeper.call(
                     self._keeper.store.cron_claim, self._worker, tick,
@@ -216,8 +212,8 @@ class CronMode:
             if run is None:
                 return False
             grant = RunGrant(env=self.env(run), stop_grace=self._keeper.timing.leader_stop_grace,
-                             run=run, sent_at=sent_at)
-            self._keeper.track_run(run, grant, sent_at)
+                             run=run)
+            self._keeper.track_run(run, grant, sent)
             self._acquired.append(grant)
             return True
 

@@ -9,12 +9,25 @@ keeper revokes it (coordination decides, runners obey).
 Trust, the invariant everything rests on: a holder trusts a lease only until
 `sent_at + renew_deadline` on its monotonic clock, `sent_at` taken before the
 renewal that succeeded was sent. When trust runs out the grant is revoked and the
-child gets `leader_stop_grace` seconds before SIGKILL, so it is dead before
-`sent_at + lease_ttl`, the earliest instant the database can hand the lease to
-anyone else (config validation refuses timings where this does not hold). A lease
-the database says is lost is revoked with no grace at all, and so is one whose
-trust ran out long ago (a process thawed after a freeze). Every database call is
-bounded by a timeout no longer than the trust that is left.
+child must be dead `leader_stop_grace` seconds later, before `sent_at + lease_ttl`,
+the earliest instant the database can hand the lease to anyone else (config
+validation refuses timings where this does not hold). A lease the database says is
+lost is revoked with no grace at all, and so is one whose trust ran out long ago (a
+process thawed after a freeze). Every database call is bounded by a timeout no
+longer than the trust that is left.
+
+Each grant also carries its trust on the boot clock (`sent_boot + renew_deadline`,
+read beside `sent_at`): the child path hands `trust_until + leader_stop_grace` to the
+trust watchdog, a separate process that SIGKILLs the child then even if this loop
+never runs again (blocked, starved, stopped). A renewal moves it on.
+
+One bad row never stops the others: a lease, run or coordinated key whose write the
+database refuses (a constraint, a value out of range) is rolled back alone by the
+store and reported in the sync's result; here it is told once as an ERROR, its child
+is stopped, and it sits out the syncs for a lease TTL at a time (quarantine.py). A
+lease row that vanished is created again (restored by the store from its history)
+before the lease is tried: when a worker first asks, after this node lost the lease,
+and every lease TTL while a worker still waits.
 """
 
 from __future__ import annotations
@@ -29,12 +42,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from supervisor.clock import boottime
 from supervisor.coordination import Grant
-from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.coordination.dblane import OTHER, RELEASE, SYNC, DbLane
+from supervisor.coordination.quarantine import Quarantine
+from supervisor.errors import SchemaNewer, StoreError, StoreRefused, StoreUnavailable
 from supervisor.model import (
     DatabaseCall,
     Event,
@@ -43,6 +58,7 @@ from supervisor.model import (
     LeaseRenewed,
     Mode,
     NodeHeartbeat,
+    parse_coord_key,
 )
 from supervisor.spec import CoordinationSpec
 from supervisor.store import (
@@ -52,8 +68,13 @@ from supervisor.store import (
     CronRun,
     Holder,
     Lease,
+    NodeFacts,
+    SyncRefusal,
     SyncResult,
 )
+
+if TYPE_CHECKING:
+    from supervisor.store.compat import SchemaState
 
 log = logging.getLogger("supervisor")
 T = TypeVar("T")
@@ -61,6 +82,7 @@ H = TypeVar("H", CronRun, CoordSlot)
 
 _JITTER = 0.1  # a follower's retry interval varies by +-10 %, so nodes do not march in step
 _UPGRADE_BACKOFF = (0.5, 15.0)
+_SCHEMA_RECHECK = 30.0  # seconds between looks at a schema that refuses this release
 _MAINTAIN_EVERY = 30.0  # seconds between history upkeep passes (closing terms and runs,
 # pruning), or two lease TTLs if shorter: a dead node's run shows as lost soon after expiry
 
@@ -99,6 +121,8 @@ class KeeperState:
 
     last_success: float | None = None  # monotonic
     failures: int = 0
+    # Why this node coordinates nothing (the schema needs a later release), else None.
+    refused: str | None = None
 
 
 class LeaseKeeper:
@@ -122,6 +146,9 @@ class LeaseKeeper:
         self._upgrade = upgrade
         self._history_keep = history_keep
         self._next_upkeep = 0.0
+        self._told_newer = False
+        self._next_ensure = 0.0  # when rows of leases still waited for are ensured again
+        self._quarantine = Quarantine(timing.lease_ttl)  # parts the database refused
         self._slots: dict[str, _Slot] = {}
         self._runs: dict[int, _Held[CronRun]] = {}
         # coordinated workers: keys this node is a member of, with who hears their views
@@ -132,7 +159,8 @@ class LeaseKeeper:
         self._synced = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fs-db")
+        # Every store call goes through one lane: one thread, one connection, syncs first.
+        self._lane: DbLane | None = None
         self._listener_stop = threading.Event()
 
     # --- what modes call ---------------------------------------------------------------------
@@ -159,7 +187,8 @@ class LeaseKeeper:
             return
         try:
             remaining = max(0.2, self.timing.renew_deadline)
-            await self._call(self.store.lease_release, lease, reason=reason, within=remaining)
+            await self._call(self.store.lease_release, lease, reason=reason, within=remaining,
+                             priority=RELEASE)
         except StoreError as exc:
             log.warning("%s: could not release lease %s (%s); it expires by itself",
                         slot.worker, name, exc)
@@ -184,17 +213,24 @@ class LeaseKeeper:
         return db_time - self._db_offset
 
     async def call(self, fn: Callable[..., T], *args: Any, within: float | None = None,
-                   **kwargs: Any) -> T:
-        """A bounded store call in the keeper's database threads (for modes)."""
+                   release: bool = False, **kwargs: Any) -> T:
+        """A bounded store call in the node's database lane (for modes), after any sync
+        waiting there; `release` (giving something back) goes before other mode calls."""
         bound = self.timing.renew_deadline if within is None else within
-        return await self._call(fn, *args, within=bound, **kwargs)
+        return await self._call(fn, *args, within=bound,
+                                priority=RELEASE if release else OTHER, **kwargs)
 
-    def track_run(self, run: CronRun, grant: Grant, sent_at: float) -> None:
-        """Renew `run` in every sync from now on, trusted until `sent_at + renew_deadline`
-        (sent_at: loop time before the claim was sent); `grant` is revoked when the
+    def stamp(self) -> tuple[float, float]:
+        """(loop time, boot time) now: take it just before sending a call whose success
+        is trusted, and pass it to track_run / track_slot."""
+        return asyncio.get_running_loop().time(), boottime()
+
+    def track_run(self, run: CronRun, grant: Grant, sent: tuple[float, float]) -> None:
+        """Renew `run` in every sync from now on, trusted until `renew_deadline` after
+        `sent` (the stamp taken before the claim was sent); `grant` is revoked when the
         run is lost, when trust runs out, or when a later tick asks it to stop."""
         held = self._runs[run.token] = _Held(run, grant, "run")
-        self._trust_held(held, sent_at + self.timing.renew_deadline)
+        self._trust_held(held, sent)
 
     def untrack_run(self, token: int) -> None:
         self._forget(self._runs.pop(token, None))
@@ -219,16 +255,17 @@ class LeaseKeeper:
             self._coord_watch.discard(key)
         self._wake.set()
 
-    def track_slot(self, slot: CoordSlot, grant: Grant, sent_at: float) -> None:
+    def track_slot(self, slot: CoordSlot, grant: Grant, sent: tuple[float, float]) -> None:
         held = self._held_slots[(slot.worker_key, slot.index)] = _Held(slot, grant, "slot")
-        self._trust_held(held, sent_at + self.timing.renew_deadline)
+        self._trust_held(held, sent)
 
     def untrack_slot(self, slot: CoordSlot) -> None:
         self._forget(self._held_slots.pop((slot.worker_key, slot.index), None))
 
-    def _synced_coord(self, result: SyncResult, sent_at: float) -> None:
+    def _synced_coord(self, result: SyncResult, sent: tuple[float, float]) -> None:
+        sent_at = sent[0]
         for key, slot in result.slots_kept.items():
-            self._renewed(self._held_slots.get(key), slot, sent_at)
+            self._renewed(self._held_slots.get(key), slot, sent)
         for key in result.slots_lost:
             self._lost(self._held_slots.pop(key, None),
                        "the database no longer shows this node holding its slot")
@@ -239,44 +276,37 @@ class LeaseKeeper:
 
     # --- runs and slots: trusted like leases ------------------------------------------------
 
-    def _trust_held(self, held: _Held[H], until: float) -> None:
+    def _trust_held(self, held: _Held[H], sent: tuple[float, float]) -> None:
+        until = sent[0] + self.timing.renew_deadline
         held.trust_until = until
+        held.grant.trust_grace = self.timing.leader_stop_grace
+        held.grant.renew(sent[1] + self.timing.renew_deadline)
         if held.timer is not None:
             held.timer.cancel()
         held.timer = asyncio.get_running_loop().call_at(until, self._held_trust_expired, held)
 
     def _held_trust_expired(self, held: _Held[H]) -> None:
         held.timer = None
-        late = asyncio.get_running_loop().time() - held.trust_until
-        grace = max(0.0, self.timing.leader_stop_grace - late)
-        self._revoke_grant(held.grant, f"could not renew the {held.what} within "
-                                       f"renew_deadline ({self.timing.renew_deadline:g}s)", grace)
+        held.grant.revoke(f"could not renew the {held.what} within renew_deadline "
+                          f"({self.timing.renew_deadline:g}s)",
+                          kill_by=held.grant.trust_deadline(), now=boottime())
 
-    def _renewed(self, held: _Held[H] | None, item: H, sent_at: float) -> None:
+    def _renewed(self, held: _Held[H] | None, item: H, sent: tuple[float, float]) -> None:
         if held is not None:
             held.item = item
-            self._trust_held(held, sent_at + self.timing.renew_deadline)
+            self._trust_held(held, sent)
 
     def _lost(self, held: _Held[H] | None, reason: str) -> None:
         """The database says it is gone: no longer renewed, its child killed at once."""
         if held is not None:
             self._forget(held)
-            self._revoke_grant(held.grant, reason, 0.0)
+            now = boottime()
+            held.grant.revoke(reason, kill_by=now, now=now)
 
     def _forget(self, held: _Held[H] | None) -> None:
         if held is not None and held.timer is not None:
             held.timer.cancel()
             held.timer = None
-
-    def _revoke_grant(self, grant: Grant, reason: str, grace: float | None) -> None:
-        if grant.revoked.is_set():
-            if grace is not None and (grant.stop_grace is None or grace < grant.stop_grace):
-                grant.stop_grace = grace  # tighter than what it was stopping with
-                grant.hurry.set()
-            return
-        grant.reason = reason
-        grant.stop_grace = grace
-        grant.revoked.set()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -292,7 +322,8 @@ class LeaseKeeper:
         try:
             while True:
                 self._wake.clear()
-                await self._sync()
+                if self.state.refused is None:
+                    await self._sync()
                 await self._upkeep()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._interval()):
@@ -314,24 +345,47 @@ class LeaseKeeper:
         delay = _UPGRADE_BACKOFF[0]
         while True:
             try:
-                await self._call(self.store.upgrade, within=60.0)
-                return
+                found = await self._call(self.store.upgrade, within=60.0)
+            except SchemaNewer as exc:
+                # Not for this release to touch: hold nothing, keep asking (an operator
+                # may roll the schema back); every-node workers run on meanwhile.
+                self._refuse(exc)
+                await asyncio.sleep(_SCHEMA_RECHECK)
+                continue
             except StoreError as exc:
                 log.warning("database not ready (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(_UPGRADE_BACKOFF[1], delay * 2)
+                continue
+            self._accept(found)
+            return
+
+    def _refuse(self, exc: SchemaNewer) -> None:
+        if self.state.refused is None:
+            log.error("%s. Until then this node coordinates nothing: its leader, cron and"
+                      " coordinated workers do not run, its every-node workers run on, and"
+                      " /readyz reports not ready", exc)
+        self.state.refused = str(exc)
+
+    def _accept(self, found: SchemaState | None) -> None:
+        if self.state.refused is not None:
+            log.info("the database schema is usable again; coordinating")
+            self.state.refused = None
+        if found is not None and found.newer and not self._told_newer:
+            self._told_newer = True
+            log.info("the database schema is newer than this supervisor (%s); this release"
+                     " can still use it", found.describe())
 
     async def _sync(self) -> None:
-        for slot in self._slots.values():
-            if slot.wanted and not slot.ensured:
-                await self._ensure_rows()
-                break
-        held = [s.lease for s in self._slots.values() if s.lease is not None]
-        wanted = [s.name for s in self._slots.values()
-                  if s.wanted and s.lease is None and s.waiter is not None]
-        runs = [r.item for r in self._runs.values()]
+        await self._ensure_rows()
         loop = asyncio.get_running_loop()
-        sent_at, wall_sent = loop.time(), time.time()
+        out = functools.partial(self._quarantine.out, now=loop.time())
+        held = [s.lease for s in self._slots.values() if s.lease is not None]
+        wanted = [s.name for s in self._slots.values() if s.wanted and s.lease is None
+                  and s.waiter is not None and not out("lease", s.name)]
+        runs = [r.item for r in self._runs.values()]
+        sent = self.stamp()
+        sent_at, wall_sent = sent[0], time.time()
         trusts = [s.trust_until for s in self._slots.values() if s.lease]
         trusts += [r.trust_until for r in self._runs.values()]
         trusts += [h.trust_until for h in self._held_slots.values()]
@@ -341,13 +395,13 @@ class LeaseKeeper:
         if self._coord:
             # Only the publisher of a key reads its whole membership: rows read per
             # sync must not grow with the fleet on every node.
-            extra.update(coord_members=list(self._coord),
+            extra.update(coord_members=[key for key in self._coord if not out("coord", key)],
                          coord_slots=[h.item for h in self._held_slots.values()],
                          coord_watch=sorted(self._coord_watch))
         try:
             result = await self._call(self.store.node_sync, self.holder, held=held,
                                       wanted=wanted, ttl=self.timing.lease_ttl, within=bound,
-                                      **extra)
+                                      priority=SYNC, **extra)
         except StoreError as exc:
             self._failed(exc, held)
             return
@@ -358,22 +412,49 @@ class LeaseKeeper:
         self._db_offset = result.db_now - (sent_at + received) / 2
         self._synced.set()
         self._publish(NodeHeartbeat("", wall_now, result.db_now - (wall_sent + wall_now) / 2))
-        self._synced_runs(result, sent_at)
-        self._synced_coord(result, sent_at)
+        self._synced_refusals(result, received)
+        self._synced_runs(result, sent)
+        self._synced_coord(result, sent)
         for name in result.lost:
-            self._revoke(self._slots[name], "the database no longer shows this node holding it",
-                         grace=0.0)
+            slot = self._slots[name]
+            slot.ensured = False  # its row may be gone: create it again before trying it
+            self._revoke(slot, "the database no longer shows this node holding it",
+                         kill_by=boottime())
         for name, lease in result.kept.items():
             slot = self._slots[name]
             slot.lease = lease
-            self._trust(slot, sent_at + self.timing.renew_deadline)
+            self._trust(slot, sent)
             self._publish(LeaseRenewed(slot.worker, slot.group, True))
         for name, lease in result.acquired.items():
-            self._gained(self._slots[name], lease, sent_at)
+            self._quarantine.passed("lease", name, self._slots[name].worker, f"lease {name}")
+            self._gained(self._slots[name], lease, sent)
 
-    def _synced_runs(self, result: SyncResult, sent_at: float) -> None:
+    def _synced_refusals(self, result: SyncResult, now: float) -> None:
+        """What the database refused because of a row, the rest of the sync having gone
+        through: told, its child stopped at once, and left out of syncs for a while."""
+        for refusal in result.refused:
+            what = f"{refusal.kind} {refusal.key}"
+            reason = f"the database refuses it: {refusal.reason}"
+            if refusal.kind == "lease" and refusal.key in self._slots:
+                slot = self._slots[refusal.key]
+                self._quarantine.refused(refusal, slot.worker, what, now)
+                slot.ensured = False
+                self._revoke(slot, reason, kill_by=boottime())
+            elif refusal.kind == "run" and refusal.key.isdigit():
+                held = self._runs.pop(int(refusal.key), None)
+                worker = "cron" if held is None else held.item.worker
+                self._quarantine.refused(refusal, worker, what, now, keep_out=False)
+                self._lost(held, reason)
+            elif refusal.kind == "coord":
+                # its slots are in slots_lost: _synced_coord stops their children
+                worker = parse_coord_key(refusal.key)[0]
+                self._quarantine.refused(refusal, worker, f"coordinated {what}", now)
+        for key in result.coord:
+            self._quarantine.passed("coord", key, parse_coord_key(key)[0], f"coordinated {key}")
+
+    def _synced_runs(self, result: SyncResult, sent: tuple[float, float]) -> None:
         for token, run in result.runs_kept.items():
-            self._renewed(self._runs.get(token), run, sent_at)
+            self._renewed(self._runs.get(token), run, sent)
         for token in result.runs_lost:
             self._lost(self._runs.pop(token, None),
                        "the database no longer shows this run as running")
@@ -382,8 +463,9 @@ class LeaseKeeper:
             if held is not None:
                 # overlap = replace: a later tick waits for this run; stop it as a leader
                 # stops (never slower than trust allows).
-                self._revoke_grant(held.grant, "replaced by a later tick",
-                                   self.timing.leader_stop_grace)
+                now = boottime()
+                held.grant.revoke("replaced by a later tick",
+                                  kill_by=now + self.timing.leader_stop_grace, now=now)
 
     async def _upkeep(self) -> None:
         """Now and then: close terms of dead holders, prune old history (small batches)."""
@@ -392,6 +474,16 @@ class LeaseKeeper:
             return
         every = min(_MAINTAIN_EVERY, 2 * self.timing.lease_ttl)
         self._next_upkeep = now + every * (1 + random.random())
+        # A newer release may have migrated the schema under this node (a rolling
+        # upgrade): carry on if it admits this release, else stop coordinating.
+        try:
+            self._accept(await self._call(self.store.schema_state,
+                                          within=self.timing.renew_deadline))
+        except SchemaNewer as exc:
+            self._refuse(exc)
+            return
+        except StoreError:
+            pass
         with contextlib.suppress(StoreError):
             await self._call(self.store.maintain, self._history_keep,
                              within=self.timing.renew_deadline)
@@ -406,15 +498,44 @@ class LeaseKeeper:
             self._publish(LeaseRenewed(slot.worker, slot.group, False))
 
     async def _ensure_rows(self) -> None:
-        names = [s.name for s in self._slots.values() if not s.ensured]
-        try:
-            await self._call(self.store.lease_ensure, names, within=self.timing.renew_deadline)
-        except StoreError:
+        """Create the rows of the leases this node waits for: when a worker first asks,
+        after this node lost one (its row may be gone), and every lease_ttl while any
+        still waits (a row deleted while another node held it: that node may be gone,
+        and nobody else would create it again). A node holding all it wants calls none."""
+        now = asyncio.get_running_loop().time()
+        waiting = [s for s in self._slots.values() if s.wanted and s.lease is None
+                   and not self._quarantine.out("lease", s.name, now)]
+        due = waiting if now >= self._next_ensure else [s for s in waiting if not s.ensured]
+        if not due:
             return
-        for name in names:
-            self._slots[name].ensured = True
+        try:
+            await self._call(self.store.lease_ensure, [s.name for s in due],
+                             within=self.timing.renew_deadline)
+        except StoreRefused:
+            await self._ensure_each(due, now)
+            return
+        except StoreError:
+            return  # the sync that follows says why
+        for slot in due:
+            slot.ensured = True
+        self._next_ensure = now + self.timing.lease_ttl
 
-    def _gained(self, slot: _Slot, lease: Lease, sent_at: float) -> None:
+    async def _ensure_each(self, due: list[_Slot], now: float) -> None:
+        """The database refused the rows because of one: each on its own, so that only
+        the bad one is left out."""
+        for slot in due:
+            try:
+                await self._call(self.store.lease_ensure, [slot.name],
+                                 within=self.timing.renew_deadline)
+            except StoreRefused as exc:
+                self._quarantine.refused(SyncRefusal("lease", slot.name, str(exc)),
+                                         slot.worker, f"lease {slot.name}", now)
+                continue
+            except StoreError:
+                return
+            slot.ensured = True
+
+    def _gained(self, slot: _Slot, lease: Lease, sent: tuple[float, float]) -> None:
         if slot.waiter is None or slot.waiter.done():
             # Nobody waits any more (the worker stopped meanwhile): hand it back.
             asyncio.get_running_loop().create_task(self._release_unwanted(lease))
@@ -423,34 +544,37 @@ class LeaseKeeper:
         slot.grant = Grant(
             env={"SUPERVISOR_FENCING_TOKEN": str(lease.term)},
             stop_grace=self.timing.leader_stop_grace,
+            trust_grace=self.timing.leader_stop_grace,
         )
-        self._trust(slot, sent_at + self.timing.renew_deadline)
+        self._trust(slot, sent)
         self._publish(LeadershipGained(slot.worker, slot.group, slot.name, lease.term))
         slot.waiter.set_result(slot.grant)
 
     async def _release_unwanted(self, lease: Lease) -> None:
         with contextlib.suppress(StoreError):
             await self._call(self.store.lease_release, lease, reason="no longer wanted",
-                             within=self.timing.renew_deadline)
+                             within=self.timing.renew_deadline, priority=RELEASE)
 
-    def _trust(self, slot: _Slot, until: float) -> None:
+    def _trust(self, slot: _Slot, sent: tuple[float, float]) -> None:
+        until = sent[0] + self.timing.renew_deadline
         slot.trust_until = until
+        if slot.grant is not None:
+            slot.grant.renew(sent[1] + self.timing.renew_deadline)
         if slot.timer is not None:
             slot.timer.cancel()
         loop = asyncio.get_running_loop()
         slot.timer = loop.call_at(until, self._trust_expired, slot)
 
     def _trust_expired(self, slot: _Slot) -> None:
-        late = asyncio.get_running_loop().time() - slot.trust_until
-        grace = max(0.0, self.timing.leader_stop_grace - late)  # thawed late: kill at once
+        # Dead by trust + grace on the boot clock: a loop thawed late kills at once.
+        kill_by = boottime() if slot.grant is None else slot.grant.trust_deadline()
         self._revoke(slot, f"could not renew within renew_deadline "
-                           f"({self.timing.renew_deadline:g}s)", grace=grace)
+                           f"({self.timing.renew_deadline:g}s)", kill_by=kill_by)
 
-    def _revoke(self, slot: _Slot, reason: str, *, grace: float) -> None:
+    def _revoke(self, slot: _Slot, reason: str, *, kill_by: float) -> None:
         lease = self._drop(slot)
         if slot.grant is not None:
-            slot.grant.stop_grace = grace
-            slot.grant.revoked.set()
+            slot.grant.revoke(reason, kill_by=kill_by, now=boottime())
             slot.grant = None
         if lease is not None:
             self._publish(LeadershipLost(slot.worker, slot.group, slot.name, lease.term, reason))
@@ -478,29 +602,41 @@ class LeaseKeeper:
                 await self.give_up(slot.name, "supervisor stopped")
         with contextlib.suppress(StoreError):
             await self._call(self.store.node_leave, self.holder,
-                             within=self.timing.renew_deadline)
+                             within=self.timing.renew_deadline, priority=RELEASE)
         self._listener_stop.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._lane is not None:
+            self._lane.close()
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, within: float, **kwargs: Any) -> T:
-        """Run a store call in a database thread, bounded; a late call is interrupted."""
+    def _lane_for(self, loop: asyncio.AbstractEventLoop) -> DbLane:
+        if self._lane is None:
+            wake = functools.partial(loop.call_soon_threadsafe, self._wake.set)
+            self._lane = DbLane(self.store, on_notify=wake)
+        return self._lane
+
+    async def _call(self, fn: Callable[..., T], *args: Any, within: float,
+                    priority: int = OTHER, **kwargs: Any) -> T:
+        """Run a store call in the node's database lane, bounded as a whole (its wait in
+        the queue included): a call still queued at the bound never runs, the call in
+        flight is cut."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        lane = self._lane_for(loop)
+        job = lane.submit(functools.partial(fn, *args, **kwargs), priority)
         ok = False
         try:
             async with asyncio.timeout(within):
-                result = await future
+                result: T = await asyncio.wrap_future(job)
             ok = True
             return result
         except TimeoutError:
-            interrupt = getattr(self.store, "interrupt", None)
-            if interrupt is not None:
-                interrupt()
+            lane.abandon(job)
             raise StoreUnavailable(f"no answer within {within:.2f}s") from None
+        except asyncio.CancelledError:
+            lane.abandon(job)
+            raise
         finally:
             self._publish(DatabaseCall("", fn.__name__, loop.time() - started, ok))
 
@@ -537,11 +673,7 @@ class LeaderMode:
 
 
 def new_holder(node_id: str, group: str) -> Holder:
-    """This process's identity: node, pid and a random nonce, so two on one host differ."""
-    return Holder(node_id, group, os.getpid(), secrets.token_hex(8))
-
-
-def lease_name(worker: str, mode: Mode, scope: str | None, group: str) -> str:
-    if mode is Mode.GROUP_LEADER and scope != "global":
-        return f"leader/{worker}/{group}"
-    return f"leader/{worker}"
+    """This process's identity: node, pid and a random nonce, so two on one host differ;
+    with the facts its membership row reports (release, time-zone data)."""
+    return Holder(node_id, group, os.getpid(), secrets.token_hex(8),
+                  NodeFacts.of_this_process())

@@ -42,17 +42,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from supervisor.store.compat import SchemaState
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a node computes with, written into its membership row when it joins: its
+    release and the time-zone data its cron schedules use (`supervisor.tzinfo_source`).
+    None: not reported (a node of an older release leaves the columns NULL)."""
+
+    release: str | None = None
+    tz_source: str | None = None  # "system:/usr/share/zoneinfo", "tzdata", "none"
+    tz_version: str | None = None  # "2024a", "unknown"
+
+    @classmethod
+    def of_this_process(cls) -> NodeFacts:
+        from supervisor import __version__
+        from supervisor.tzinfo_source import this_process
+
+        zone = this_process()
+        return cls(__version__, zone.source, zone.version)
 
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds something: a supervisor process, unique even among two on one host."""
+    """Who holds something: a supervisor process, unique even among two on one host.
+
+    `facts` ride along for the membership row (node_sync's heartbeat writes them when the
+    row is inserted); they are no part of the identity: holders compare and hash by node,
+    group, pid and nonce, and a holder read back from a row has facts None."""
 
     node_id: str
     group: str
     pid: int
     nonce: str  # random per start of a supervisor
+    facts: NodeFacts | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,9 +105,14 @@ class LeaseState:
 
 @dataclass(frozen=True)
 class Member:
+    """A live supervisor process, and what it computes with (None: not reported)."""
+
     holder: Holder
     started_at: float
     expires_at: float
+    release: str | None = None
+    tz_source: str | None = None
+    tz_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,17 +270,43 @@ class SyncResult:
     coord: dict[str, CoordView] = field(default_factory=dict)  # per key of coord_members
     slots_kept: dict[tuple[str, int], CoordSlot] = field(default_factory=dict)  # renewed
     slots_lost: tuple[tuple[str, int], ...] = ()  # (worker_key, index) no longer held
+    # Parts the database refused because of a row (a constraint, a value out of range),
+    # left out so that the rest went through; their leases, runs and slots are also in
+    # `lost`, `runs_lost` and `slots_lost` (or simply not acquired).
+    refused: tuple[SyncRefusal, ...] = ()
+
+
+@dataclass(frozen=True)
+class SyncRefusal:
+    """One part of a node's sync that the database refused because of a row, not because
+    it could not be reached: the part is rolled back alone, the rest of the sync commits."""
+
+    kind: str  # "lease" (held or wanted), "run" (a cron run), "coord" (a coordinated key)
+    key: str  # the lease name, the run's token, the worker key
+    reason: str  # the database's words (a constraint, a value): never the URL or password
 
 
 class CoordinationStore(Protocol):
-    def upgrade(self) -> None:
-        """Create or migrate the schema; safe when many nodes call it at once."""
+    def upgrade(self) -> SchemaState | None:
+        """Create or migrate the schema; safe when many nodes call it at once. Returns
+        what was found (None: a store without schema revisions); raises SchemaNewer when
+        the schema needs a later release."""
+
+    def schema_state(self) -> SchemaState | None:
+        """The schema as this release sees it, unchanged (SchemaNewer: needs a later
+        release); asked now and then by a running node."""
 
     def db_now(self) -> float:
         """The database's clock, epoch seconds."""
 
-    def lease_ensure(self, names: Sequence[str]) -> None:
-        """Create free rows (term 0) for leases that do not exist yet; idempotent."""
+    def lease_ensure(self, names: Sequence[str], *, now: float | None = None) -> None:
+        """Create free rows (term 0) for leases that do not exist yet; idempotent.
+
+        A lease whose row vanished (deleted by hand) but whose terms are in the history
+        is restored, never restarted: its term is the highest recorded one, and unless
+        that term was released, the row comes back held by that term's holder, free only
+        one lease TTL (the acquirer's) after it was restored, so that a holder that may
+        still run is never overtaken before its renewal fails and its child stops."""
 
     def lease_acquire(
         self, name: str, holder: Holder, ttl: float, *, now: float | None = None
@@ -281,7 +339,14 @@ class CoordinationStore(Protocol):
         """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
         one transaction.
 
-        `wanted` rows must exist (`lease_ensure`, once per lease, not per call).
+        `wanted` rows must exist (`lease_ensure`, once per lease, not per call). The term
+        granted is one above both the row's and the highest the history records for the
+        lease, so a row set back or re-created by hand never grants a term twice.
+
+        A part the database refuses because of a row (IntegrityError, DataError: one
+        lease, one run, one coordinated key with its slots) fails only itself: it is
+        rolled back alone and reported in `SyncResult.refused`, and the rest commits.
+        Unreachable or timed out is no such refusal: the call fails as a whole.
 
         Coordinated workers, in the same transaction and at a cost that does not grow
         with their number: renew this holder's membership of each key in
@@ -312,10 +377,12 @@ class CoordinationStore(Protocol):
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
         """Close terms whose holder stopped renewing ("expired") and cron runs whose
         holder stopped renewing ("lost"): nothing is left running for ever. Delete up to
-        `batch` terms and runs that ended more than `keep` seconds ago, and up to `batch`
+        `batch` terms and runs that ended more than `keep` seconds ago (never a lease's
+        newest term, which a vanished lease row is restored from), and up to `batch`
         coordinated generations superseded more than `keep` seconds ago (the current
-        generation of a key is never deleted). Expired coordinated memberships are
-        removed."""
+        generation of a key is never deleted). Expired memberships, of nodes and of
+        coordinated workers, are removed (a node that comes back heartbeats its row in
+        again)."""
 
     def cron_claim(
         self,
@@ -441,6 +508,10 @@ class CoordinationStore(Protocol):
     ) -> list[CoordGeneration]:
         """Published generations, newest first; `worker_key` selects the key itself and
         its per-group keys (`worker_key/group`)."""
+
+    def interrupt(self) -> None:
+        """Cut the calls in flight (from another thread): their callers gave up on them.
+        Each cut call fails at once and its connection is discarded."""
 
     def close(self) -> None:
         """Release connections."""

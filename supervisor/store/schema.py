@@ -51,6 +51,22 @@ members = Table(
     Column("started_at", Double, nullable=False),
     Column("heartbeat_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
+    # What the node computes with (migration 0007; NULL from nodes of older releases): its
+    # release, and the time-zone data its cron schedules use: where they were loaded from
+    # ("system" files or the "tzdata" package) and their version.
+    Column("release", String(32)),
+    Column("tz_source", String(32)),
+    Column("tz_version", String(32)),
+)
+
+# Facts about the schema itself (migration 0007), name -> value. "min_release": the oldest
+# release of the supervisor that can still use this schema; a node older than that refuses
+# to coordinate instead of guessing.
+schema_info = Table(
+    "fs_schema_info",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
 )
 
 terms = Table(

@@ -9,7 +9,9 @@ database in the transaction that decides:
 - one generation per number, and numbers only grow: `coord_publish` is a guarded UPDATE
   of the state row from `expected` to `expected + 1`, stamped with a claim and read
   back; the history is unique on (worker_key, generation) besides. The assignment, the
-  slot rows and the history row are written in the same transaction.
+  slot rows and the history row are written in the same transaction. A state row
+  deleted by hand comes back at the highest generation recorded, never at 0; a slot
+  row deleted by hand is created again when its assigned member takes it.
 - the barrier: `coord_acquire_slot` locks the key's state row (FOR UPDATE), so that it
   and a publish of the key queue for each other, then locks every held slot row of an
   older generation (FOR UPDATE, expiry judged after the lock on the row's latest
@@ -26,12 +28,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from supervisor.model import per_group_prefix
 from supervisor.store import (
     CoordAssigned,
     CoordGeneration,
@@ -42,6 +45,7 @@ from supervisor.store import (
     Holder,
 )
 from supervisor.store.dbclock import _claim, _now
+from supervisor.store.refusals import Apart, fit
 from supervisor.store.schema import (
     coord_assignments,
     coord_generations,
@@ -91,11 +95,29 @@ class CoordSql:
         if expected == 0:
             # In a transaction of its own, as lease_acquire does: on MariaDB an INSERT
             # IGNORE and the UPDATE in one transaction deadlock against a competitor.
-            self._run(lambda conn: self._coord_insert_if_absent(
-                conn, coord_state, [{"worker_key": worker_key, "generation": 0,
-                                     "slot_count": 0}]))
+            self._run(lambda conn: self._coord_ensure_state(conn, worker_key))
         return self._run(lambda conn: self._coord_publish(conn, worker_key, expected,
                                                           members, indexes, count, now))
+
+    def _coord_ensure_state(self, conn: Connection, key: str) -> None:
+        """Create the key's state row if absent. One that vanished (deleted by hand) is
+        restored at the highest generation its history or its slot rows record, with that
+        generation's count, so generation numbers only grow: never one published twice
+        (the history's unique key would refuse it), never a slot's generation above the
+        key's (the barrier would not see it as older)."""
+        if conn.execute(select(_s.worker_key).where(_s.worker_key == key)).first() is not None:
+            return
+        row: dict[str, Any] = {"worker_key": key, "generation": 0, "slot_count": 0}
+        recorded = [conn.execute(select(func.max(column)).where(key_column == key)).scalar()
+                    for column, key_column in ((_g.generation, _g.worker_key),
+                                               (_sl.generation, _sl.worker_key))]
+        generation = max((int(value) for value in recorded if value is not None), default=0)
+        if generation:
+            last = conn.execute(select(_g.slot_count, _g.published_at).where(
+                _g.worker_key == key, _g.generation == generation)).first()
+            row.update(generation=generation, slot_count=0 if last is None else last.slot_count,
+                       published_at=None if last is None else last.published_at)
+        self._coord_insert_if_absent(conn, coord_state, [row])
 
     def _coord_publish(self, conn: Connection, key: str, expected: int,
                        members: Sequence[Holder], indexes: Sequence[int | None], count: int,
@@ -136,6 +158,7 @@ class CoordSql:
 
     def _coord_insert_if_absent(self, conn: Connection, table: Any,
                                 rows: list[dict[str, Any]]) -> None:
+        fit(table, rows)
         if self.backend == "postgresql":
             conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
         elif self.backend == "sqlite":
@@ -150,7 +173,8 @@ class CoordSql:
                  .order_by(_g.published_at.desc(), _g.id.desc()).limit(limit))
         if worker_key is not None:  # the key itself, or its per-group keys "key/group"
             query = query.where(or_(_g.worker_key == worker_key,
-                                    _g.worker_key.startswith(f"{worker_key}/", autoescape=True)))
+                                    starts_with(_g.worker_key, per_group_prefix(worker_key),
+                                                self.backend)))
 
         def work(conn: Connection) -> list[CoordGeneration]:
             found = []
@@ -193,7 +217,17 @@ class CoordSql:
                 return None
             if self._coord_older_slot_live(conn, worker_key, generation, now):
                 return None
-            return self._coord_take_slot(conn, worker_key, index, generation, holder, ttl, now)
+            slot = self._coord_take_slot(conn, worker_key, index, generation, holder, ttl, now)
+            if slot is None and conn.execute(select(_sl.slot_index).where(
+                    _sl.worker_key == worker_key, _sl.slot_index == index)).first() is None:
+                # Its row vanished (deleted by hand): this holder alone has the index in
+                # this generation, and the key's state row, locked above, queues the rest.
+                self._coord_insert_if_absent(conn, coord_slots, [
+                    {"worker_key": worker_key, "slot_index": index, "generation": 0,
+                     "expires_at": 0.0}])
+                slot = self._coord_take_slot(conn, worker_key, index, generation, holder, ttl,
+                                             now)
+            return slot
 
         return self._run(work)
 
@@ -260,6 +294,27 @@ class CoordSql:
         return self._run(work)
 
     # --- in node_sync ----------------------------------------------------------------------
+
+    def _coord_sync_parts(
+        self, conn: Connection, apart: Apart | None, holder: Holder, keys: Sequence[str],
+        watch: Sequence[str] | None, slots: Sequence[CoordSlot], ttl: float,
+        now: float | None,
+    ) -> tuple[dict[str, CoordView], dict[SlotKey, CoordSlot]]:
+        """`_coord_sync` with the rest of node_sync, or apart: each key, its membership and
+        its slots, on its own (a refused key loses its slots, the others are renewed)."""
+        if apart is None:
+            views, kept, _ = self._coord_sync(conn, holder, keys, watch, slots, ttl, now)
+            return views, kept
+        views, kept = {}, {}
+        for key in dict.fromkeys([*keys, *(slot.worker_key for slot in slots)]):
+            with apart.part(conn, "coord", key):
+                seen, renewed, _ = self._coord_sync(
+                    conn, holder, [key] if key in keys else [],
+                    None if watch is None else [k for k in watch if k == key],
+                    [slot for slot in slots if slot.worker_key == key], ttl, now)
+                views.update(seen)
+                kept.update(renewed)
+        return views, kept
 
     def _coord_sync(
         self, conn: Connection, holder: Holder, keys: Sequence[str],
@@ -411,3 +466,12 @@ class CoordSql:
         if old:
             conn.execute(delete(coord_generations).where(_g.id.in_(old)))
         return len(old)
+
+
+def starts_with(column: Any, prefix: str, backend: str) -> Any:
+    """`column` begins with `prefix`, byte for byte. LIKE on SQLite ignores the case of
+    ASCII letters (`history Job` listed `job`'s rows too), so there the prefix is
+    compared as a substring; elsewhere LIKE (which an index serves) is exact."""
+    if backend == "sqlite":
+        return func.substr(column, 1, len(prefix)) == prefix
+    return column.startswith(prefix, autoescape=True)

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
 from supervisor.store.dbclock import _claim, _now
+from supervisor.store.refusals import Apart, fit, guarded, in_parts
 from supervisor.store.schema import cron_runs
 
 T = TypeVar("T")
@@ -190,6 +191,7 @@ class CronSql:
         return CronRun(int(got.token), worker, tick, slot, holder, float(got.expires_at))
 
     def _insert_if_absent(self, conn: Connection, row: dict[str, Any]) -> None:
+        fit(cron_runs, [row])
         if self.backend == "postgresql":
             conn.execute(pg_insert(cron_runs).values(row).on_conflict_do_nothing())
         elif self.backend == "sqlite":
@@ -259,6 +261,7 @@ class CronSql:
         claim = _claim()
         row = {"worker": worker, "tick": tick, "slot": 0, "state": "placeholder",
                "claim": claim, "claimed_at": 0.0}
+        fit(cron_runs, [row])
         if self.backend in ("postgresql", "sqlite"):
             upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(cron_runs)
             conn.execute(upsert.values(row).on_conflict_do_nothing())
@@ -328,6 +331,19 @@ class CronSql:
             ).first() is not None
 
         return self._run(work)
+
+    def _sync_runs(self, conn: Connection, apart: Apart | None, holder: Holder,
+                   runs: Sequence[CronRun], ttl: float, now: float | None
+                   ) -> tuple[dict[int, CronRun], tuple[int, ...]]:
+        """`_renew_runs` in node_sync: one statement for all runs, or apart one per run."""
+        kept: dict[int, CronRun] = {}
+        stop: list[int] = []
+        for part in in_parts(runs, apart):
+            with guarded(apart, conn, "run", str(part[0].token)):
+                renewed, stopping = self._renew_runs(conn, holder, part, ttl, now)
+                kept.update(renewed)
+                stop.extend(stopping)
+        return kept, tuple(sorted(stop))
 
     def _renew_runs(self, conn: Connection, holder: Holder, runs: Sequence[CronRun],
                     ttl: float, now: float | None

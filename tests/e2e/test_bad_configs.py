@@ -50,7 +50,7 @@ class Outcome:
 def environment(**extra: str) -> dict[str, str]:
     """This environment minus any SUPERVISOR_* the developer's shell may hold."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SUPERVISOR_")}
-    env.update(HOSTNAME="e2e-node", CLUSTER_NAME="e2e-cluster", **extra)
+    env.update({"HOSTNAME": "e2e-node", "CLUSTER_NAME": "e2e-cluster", **extra})
     return env
 
 
@@ -201,6 +201,39 @@ def test_bad_environment_override_is_refused(
     assert_refused(outcome, tmp_path, left_alone={config.name})
     assert expected in outcome.stderr
     assert "Env-Pa55word" not in outcome.output
+
+
+# --- a node identity the database cannot hold -------------------------------------------
+
+LONG_WORKER = "w" * 100  # the longest worker name a file may give
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("mode", "cluster", "expected"),
+    [
+        # leader/<worker>/<group> is 308 characters: past the database's 255, every sync of
+        # the node would fail (and with it every other worker's renewal).
+        ("group-leader", "g" * 200,
+         f"workers.{LONG_WORKER}: its database key 'leader/{LONG_WORKER[:53]}'... is 308 "
+         "characters, the database keeps 255"),
+        ("coordinated\"\nscope = \"group", "g" * 200,
+         f"workers.{LONG_WORKER}: its database key '{LONG_WORKER[:60]}'... is 301 characters"),
+        ("every-node", "eu west",
+         "group: 'eu west' (from $CLUSTER_NAME) must be 1-200 characters without spaces"),
+    ],
+)
+def test_an_identity_from_the_environment_the_database_cannot_hold_is_refused(
+    tmp_path: Path, command: str, mode: str, cluster: str, expected: str
+) -> None:
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        f'database_url = "sqlite:///fleet.db"\n\n[metrics]\nenabled = false\n\n'
+        f'[workers.{LONG_WORKER}]\ncommand = ["touch", "started.marker"]\nmode = "{mode}"\n',
+        encoding="utf-8")
+    outcome = supervisor(command, config.name, tmp_path, environment(CLUSTER_NAME=cluster))
+    assert_refused(outcome, tmp_path, left_alone={config.name})
+    assert expected in outcome.stderr
 
 
 # --- the good case -------------------------------------------------------------------------

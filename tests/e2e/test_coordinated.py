@@ -12,13 +12,14 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import pid_alive, wait_until
+from tests.databases import ALL_BACKENDS
 from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, worker_toml
+from tests.support.probelogs import Instance, parse_coord_log
 
 pytestmark = pytest.mark.slow
 
@@ -27,31 +28,12 @@ SLACK = 4.0  # process start-up and a few syncs on a loaded 2-core machine
 POLL = 0.05
 
 
-@dataclass(frozen=True)
-class Instance:
-    kind: str
-    node: str
-    pid: int
-    generation: int
-    index: int
-    count: int
-    at: float
-    what: str
-
-
-def parse(text: str) -> list[Instance]:
-    found = []
-    for line in text.split("\n")[:-1]:
-        kind, node, pid, gen, index, count, at, *what = line.split()
-        found.append(Instance(kind, node, int(pid), int(gen), int(index), int(count),
-                              float(at), " ".join(what)))
-    return found
-
-
 class CoordFleet(Fleet):
-    def __init__(self, directory: Path, database_url: str, **worker: object) -> None:
+    def __init__(self, directory: Path, database_url: str,
+                 probe_env: Mapping[str, str] | None = None, **worker: object) -> None:
         super().__init__(directory, database_url)
         self.worker = worker
+        self.probe_env = dict(probe_env or {})
         self.probe_dir = directory / "coord"
         self.probe_dir.mkdir()
         (self.probe_dir / "log").touch()
@@ -59,13 +41,13 @@ class CoordFleet(Fleet):
     def worker_table(self, *, group: str, mode: str, probe: ProbeLog,
                      worker_env: Mapping[str, str]) -> str:
         scope = {"PROBE_SCOPE": group} if self.worker.get("scope") == "group" else {}
-        env = {"PROBE_DIR": str(self.probe_dir), **scope, **worker_env}
+        env = {"PROBE_DIR": str(self.probe_dir), **scope, **self.probe_env, **worker_env}
         options = {"stable_window": f"{round(STABLE * 1000)}ms", "stop_timeout": "5s",
                    **self.worker}
         return worker_toml("shard", "coordprobe.py", "coordinated", env, options)
 
     def instances(self) -> list[Instance]:
-        return parse((self.probe_dir / "log").read_text())
+        return parse_coord_log((self.probe_dir / "log").read_text())
 
     def running(self) -> list[Instance]:
         """Instances started and neither ended nor dead."""
@@ -124,6 +106,7 @@ def make_fleet(tmp_path: Path, database_url: str) -> Iterator[MakeFleet]:
         yield make
 
 
+@pytest.mark.parametrize("database_backend", ALL_BACKENDS)  # PgBouncer in transaction mode too
 def test_join_crash_and_leave_rebalance_without_overlap(make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
     fleet.start_nodes("a", "b", "c")
@@ -261,4 +244,40 @@ def test_scope_group_coordinates_each_group_on_its_own(make_fleet: MakeFleet) ->
     assert later == red_generation + 1
     assert [i for i in fleet.running() if i.node in blue] == blue_live, fleet.report()
     assert fleet.settled(blue, among=blue)[0] == blue_generation
+    fleet.assert_no_overlaps()
+
+
+@pytest.mark.parametrize("loss", ["cut", "refused", "frozen"])
+@pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
+def test_a_member_draining_for_a_new_generation_obeys_a_later_trust_loss(
+        make_fleet: MakeFleet, loss: str) -> None:
+    # The cut member's child drains slowly (stop_timeout 45 s, a 60 s drain) when a join
+    # publishes a new generation; cut off from the database during that drain, it must
+    # still die by its slot's trust deadline: before the slot can expire and the barrier
+    # let the new generation start, not 45 s later.
+    fleet = make_fleet(probe_env={"PROBE_DRAIN": "60", "PROBE_DRAIN_ON": "cut"},
+                       stop_timeout="45s")
+    cut = fleet.node("cut", via_proxy=True)
+    fleet.start_nodes("a")
+    first, live = fleet.settled({"cut", "a"})
+    (mine,) = [i for i in live if i.node == "cut"]
+    assert cut.proxy is not None
+    fleet.start_nodes("c")  # a join: the next generation stops every instance of this one
+    wait_until(lambda: any(i.kind == "draining" and i.pid == mine.pid
+                           for i in fleet.instances()), 30, "the cut member's child to drain")
+    cut_at = time.time()
+    if loss == "cut":
+        cut.proxy.blackhole()
+    elif loss == "refused":
+        cut.proxy.refuse()
+    else:  # its supervisor alone frozen: only the watchdog acts
+        os.kill(cut.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not pid_alive(mine.pid), FAST.step_down + SLACK,
+                   "the draining child to die by its trust deadline")
+        assert time.time() - cut_at <= FAST.step_down + SLACK
+        second, now = fleet.settled({"a", "c"})
+    finally:
+        os.kill(cut.pid, signal.SIGCONT)
+    assert second > first and min(i.at for i in now) > cut_at
     fleet.assert_no_overlaps()

@@ -20,23 +20,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import WORKERS, pid_alive, wait_until
-from tests.support.fleet import FAST, Fleet, ProbeLog, overlaps, parse_probe_log, terms
+from tests.databases import ALL_BACKENDS
+from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, overlaps, parse_probe_log, terms
 
 pytestmark = pytest.mark.slow
 
 SERVERS = pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
+# Every backend, and PostgreSQL through PgBouncer in transaction mode (its nodes poll: no LISTEN).
+EVERY = pytest.mark.parametrize("database_backend", ALL_BACKENDS)
 SLACK = 3.0  # process start-up on a loaded 2-core machine, one poll, one spawn
 HOLD = 2 * FAST.renew_interval + 1.0  # long enough for every follower to have tried
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, database_url: str) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, database_url)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
-        print(fleet.report())  # shown by pytest when the test failed
+    with made_fleets(lambda: Fleet(tmp_path, database_url)) as make:
+        yield make()
 
 
 def token(term_or_event: object) -> int:
@@ -96,6 +95,7 @@ def test_judge_finds_intersecting_intervals_and_accepts_a_clean_handover() -> No
 # -- a. kill -9 of the leader's supervisor -------------------------------------------------
 
 
+@EVERY
 def test_kill9_of_the_leader_fails_over_without_orphan_or_overlap(fleet: Fleet) -> None:
     probe = fleet.probe()
     fleet.start_nodes("a", "b", "c")
@@ -119,6 +119,7 @@ def test_kill9_of_the_leader_fails_over_without_orphan_or_overlap(fleet: Fleet) 
 # -- b. SIGTERM: a clean stop hands over at once ----------------------------------------
 
 
+@EVERY
 def test_sigterm_of_the_leader_hands_over_at_once(fleet: Fleet) -> None:
     probe = fleet.probe()
     fleet.start_nodes("a", "b", "c")

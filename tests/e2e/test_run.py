@@ -332,7 +332,7 @@ def _namespace_init(unshare_pid: int) -> int:
 
 
 def test_children_die_with_a_supervisor_killed_during_startup(tmp_path):
-    # PDEATHSIG alone (no group guard): a direct child dies with the process that forked it.
+    # PDEATHSIG alone (no watchdog): a direct child dies with the process that forked it.
     script = tmp_path / "spawner.py"
     script.write_text(
         "import asyncio, sys\n"
@@ -359,3 +359,31 @@ def test_the_running_supervisor_does_not_carry_the_validation_stack(supervisor_r
     maps = Path(f"/proc/{run.proc.pid}/maps").read_text()
     assert "_pydantic_core" not in maps
     assert "/croniter/" not in maps and "sqlalchemy" not in maps.lower()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15])
+def test_a_stop_right_after_a_reload_wins_and_the_supervisor_exits(supervisor_run, tmp_path,
+                                                                   delay):
+    # SIGTERM lands while the reload validates the file, or while it stops the worker
+    # it changed: nothing is started after the stop, and the process exits.
+    run = supervisor_run(BASE_CONFIG + stubborn_workers(1, "1s"))
+    (before,) = ready_pids(run, 1).values()
+    (tmp_path / "supervisor.toml").write_text(BASE_CONFIG + stubborn_workers(1, "2s"))
+    run.signal(signal.SIGHUP)
+    time.sleep(delay)  # where in the reload the stop lands: the scenario, not a wait
+    run.signal(signal.SIGTERM)
+    assert run.wait(timeout=20) == 0
+    assert not pid_alive(before)
+    assert "ready pid" not in run.text().split("received SIGTERM")[-1]
+
+
+def test_a_burst_of_sighups_makes_one_reload_more_not_one_each(supervisor_run):
+    run = supervisor_run(BASE_CONFIG + stubborn_workers(1, "1s"))
+    ready_pids(run, 1)
+    for _ in range(100):
+        run.signal(signal.SIGHUP)
+    run.expect(r"reloaded: ", timeout=30)
+    run.signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
+    reloads = run.text().count("reloaded: ")
+    assert 1 <= reloads <= 2, f"{reloads} reloads for one burst of 100 SIGHUPs"

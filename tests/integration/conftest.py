@@ -8,7 +8,14 @@ import pytest
 
 from supervisor.store import Holder
 from supervisor.store.sql import SqlStore
+from tests.databases import ALL_BACKENDS
 from tests.integration.stores import make_holder
+
+
+@pytest.fixture(params=ALL_BACKENDS, ids=ALL_BACKENDS)
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """Every backend, PgBouncer in transaction mode included: the store's contract holds on all."""
+    return str(request.param)
 
 
 @pytest.fixture

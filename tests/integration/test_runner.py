@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from supervisor.app import WorkerState, WorkerSupervisor
-from supervisor.clock import SystemClock
+from supervisor.clock import boottime
 from supervisor.coordination import Grant
 from supervisor.errors import SpawnError
 from supervisor.model import ExitReason, Mode, WorkerExited, WorkerStarted
-from supervisor.runner import ProcessSpec, spawn
+from supervisor.runner import ProcessSpec, TrustWatchdog, spawn
 from supervisor.spec import NodeSpec, WorkerSpec
 from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
 
@@ -155,8 +156,8 @@ def test_a_revoked_grant_stops_the_child_within_the_grant_grace_not_stop_timeout
     async def main() -> None:
         mode = RevocableMode(stop_grace=0.3)
         worker = WorkerSupervisor(
-            "leader", config, settings, mode=mode, publish=events, guard=None,
-            base_dir=Path.cwd(), environ=dict(os.environ), clock=SystemClock(),
+            "leader", config, settings, mode=mode, publish=events, watchdog=None,
+            base_dir=Path.cwd(), environ=dict(os.environ),
         )
         task = asyncio.create_task(worker.run())
         try:
@@ -188,9 +189,8 @@ def test_the_grant_environment_reaches_the_child():
     async def main() -> None:
         mode = RevocableMode(stop_grace=1.0)
         worker = WorkerSupervisor(
-            "leader", config, settings, mode=mode, publish=events, guard=None,
+            "leader", config, settings, mode=mode, publish=events, watchdog=None,
             base_dir=Path.cwd(), environ={"PATH": os.environ.get("PATH", "")},
-            clock=SystemClock(),
         )
         task = asyncio.create_task(worker.run())
         await events.first(lambda e: getattr(e, "line", "").startswith("ENV "))
@@ -214,3 +214,120 @@ def test_each_child_leads_its_own_session_and_group():
         return lines
 
     assert asyncio.run(main()) == [("stdout", "True")]
+
+
+class OneGrant:
+    """A scripted mode that hands out one given grant, then waits."""
+
+    mode = Mode.GLOBAL_LEADER
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+        self.handed = 0
+
+    async def acquire(self) -> Grant:
+        self.handed += 1
+        if self.handed > 1:
+            await asyncio.Event().wait()
+        return self.grant
+
+    async def release(self, grant: Grant, reason: str) -> None:
+        return None
+
+
+def test_a_stop_in_progress_is_cut_short_by_a_revocation_that_comes_during_it():
+    # stop_timeout 300 s and a child that ignores SIGTERM: the stop requested first must
+    # still obey the 0.3 s deadline of the revocation that comes after it.
+    settings = NodeSpec(node_id="n1")
+    config = WorkerSpec(command=(PYTHON, str(WORKERS / "stubborn.py")), stop_timeout=300.0)
+    events = Watch()
+
+    async def main() -> float:
+        grant = Grant()
+        worker = WorkerSupervisor(
+            "leader", config, settings, mode=OneGrant(grant), publish=events, watchdog=None,
+            base_dir=Path.cwd(), environ=dict(os.environ),
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            await events.first(lambda e: "ready" in getattr(e, "line", ""))
+            worker.request_stop()
+            await events.first(lambda e: "ready" in getattr(e, "line", ""), within=0.2)
+            revoked_at = boottime()
+            grant.revoke("the lease is gone", kill_by=revoked_at + 0.3, now=revoked_at)
+            await events.first(lambda e: isinstance(e, WorkerExited), within=10)
+            return boottime() - revoked_at
+        finally:
+            worker.kill_now()
+            async with asyncio.timeout(10):
+                await task
+
+    took = asyncio.run(main())
+    assert took < 0.3 + 1.0, f"the child outlived the revocation's deadline by {took - 0.3:.2f}s"
+
+
+def test_a_child_is_not_started_once_its_trust_has_run_out_until_it_is_renewed():
+    # The grant's trust ran out before the start (a backoff or a blocked loop outlasted
+    # it, no renewal yet): nothing starts until a renewal comes.
+    settings = NodeSpec(node_id="n1")
+    config = WorkerSpec(command=(PYTHON, str(WORKERS / "stubborn.py")), stop_timeout=1.0)
+    events = Watch()
+
+    async def main() -> tuple[int, int]:
+        grant = Grant(trust_until=boottime() - 0.1, trust_grace=0.5)
+        worker = WorkerSupervisor(
+            "leader", config, settings, mode=OneGrant(grant), publish=events, watchdog=None,
+            base_dir=Path.cwd(), environ=dict(os.environ),
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(0.5)  # an absence can only be watched for a while
+            before = sum(isinstance(e, WorkerStarted) for e in events.items)
+            grant.renew(boottime() + 60)
+            await events.first(lambda e: isinstance(e, WorkerStarted))
+            return before, sum(isinstance(e, WorkerStarted) for e in events.items)
+        finally:
+            worker.kill_now()
+            async with asyncio.timeout(10):
+                await task
+
+    assert asyncio.run(main()) == (0, 1)
+
+
+def test_the_watchdog_kills_a_child_by_its_deadline_while_the_loop_is_blocked():
+    async def main() -> tuple[float, bool]:
+        watchdog = TrustWatchdog()
+        await watchdog.start()
+        try:
+            kill_at = boottime() + 0.3
+            proc = await spawn(spec((PYTHON, str(WORKERS / "stubborn.py"))), lambda s, line: None,
+                               watchdog=watchdog, kill_at=kill_at)
+            # Block the loop (a stalled write, a long pause): only the watchdog can act.
+            blocked_until = boottime() + 3.0
+            while pid_alive(proc.pid) and boottime() < blocked_until:
+                time.sleep(0.01)  # noqa: ASYNC251 -- blocking the loop is the point
+            died = boottime() - kill_at
+            status = await proc.wait()
+            return died, status.signal == signal.SIGKILL and proc.killed_by_watchdog
+        finally:
+            await watchdog.close()
+
+    late, killed = asyncio.run(main())
+    assert killed
+    assert -0.05 <= late <= 0.5, f"killed {late:+.2f}s from its deadline"
+
+
+def test_closing_a_watchdog_slow_to_leave_still_reaps_it_before_the_loop_ends():
+    """A starved machine (or a stopped watchdog) must not leave the watchdog unreaped when
+    the loop closes: that was "Event loop is closed" at exit on 6 of 200 nodes."""
+
+    async def main() -> int | None:
+        watchdog = TrustWatchdog()
+        await watchdog.start()
+        proc = watchdog._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)  # it cannot read its EOF, let alone exit
+        await watchdog.close()
+        return proc.returncode
+
+    assert asyncio.run(main()) is not None

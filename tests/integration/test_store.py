@@ -348,6 +348,23 @@ def test_a_second_heartbeat_extends_membership_and_keeps_the_start_time(store, a
     assert member.expires_at == approx(NOW + 15)
 
 
+def test_maintain_deletes_the_rows_of_nodes_that_stopped_heartbeating(store, a, b):
+    """Killed nodes never leave: their rows go in upkeep, so the table holds live nodes
+    only (which is what lets heartbeats do without an index on expires_at)."""
+    from sqlalchemy import func, select
+
+    from supervisor.store.schema import members
+
+    store.node_sync(a, held=[], wanted=[], ttl=TTL, now=NOW)
+    store.node_sync(b, held=[], wanted=[], ttl=TTL, now=NOW + 5)
+    store.maintain(3600.0, now=NOW + 12)  # a expired at NOW + 10, b lives until NOW + 15
+    with store._txn() as conn:
+        assert conn.execute(select(func.count()).select_from(members)).scalar_one() == 1
+    assert [m.holder for m in store.members(now=NOW + 12)] == [b]
+    store.node_sync(a, held=[], wanted=[], ttl=TTL, now=NOW + 13)  # a is back
+    assert {m.holder for m in store.members(now=NOW + 14)} == {a, b}
+
+
 def test_node_leave_removes_the_membership_row_at_once(store, a, b):
     store.node_sync(a, held=[], wanted=[], ttl=TTL, now=NOW)
     store.node_sync(b, held=[], wanted=[], ttl=TTL, now=NOW)

@@ -31,6 +31,7 @@ from supervisor.store import (
     Holder,
     SyncResult,
 )
+from supervisor.store.schema import members as members_table
 from supervisor.store.sql import SqlStore
 from tests.integration import coord_race
 from tests.integration.stores import approx, make_holder
@@ -712,14 +713,17 @@ def test_upgrading_from_0003_keeps_every_row_and_adds_coordination(database_url,
         lease = old.lease_acquire("leader/x", a, TTL, now=NOW)
         assert lease is not None and old.lease_release(lease, now=NOW + 1)
         assert old.lease_acquire("leader/x", b, 1000.0, now=NOW + 2) is not None
-        old.node_sync(a, held=[], wanted=[], ttl=1000.0, now=NOW + 3)
+        with old._txn() as conn:  # a membership row as 0003's nodes wrote it (this
+            # release's heartbeat writes columns 0007 added)
+            conn.execute(members_table.insert().values(
+                nonce=a.nonce, node_id=a.node_id, group_name=a.group, pid=a.pid,
+                started_at=NOW + 3, heartbeat_at=NOW + 3, expires_at=NOW + 1003))
         run = old.cron_claim("job", NOW, holder=b, max_run=1, ttl=1000.0, grace=30.0,
                              now=NOW + 4).run
         assert run is not None
 
         def snapshot(store: SqlStore) -> tuple[object, ...]:
-            return (store.leases(now=NOW + 5), store.terms(), store.members(now=NOW + 5),
-                    store.cron_runs())
+            return (store.leases(now=NOW + 5), store.terms(), store.cron_runs())
 
         before = snapshot(old)
     finally:
@@ -728,6 +732,8 @@ def test_upgrading_from_0003_keeps_every_row_and_adds_coordination(database_url,
     try:
         store.upgrade()
         assert snapshot(store) == before
+        found = [(m.holder.nonce, m.release) for m in store.members(now=NOW + 5)]
+        assert found == [(a.nonce, None)]
         result = sync(store, a, NOW + 6)
         assert result.coord[W].generation == 0
         must_publish(store, 0, [a], now=NOW + 7)

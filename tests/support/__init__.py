@@ -1,1 +1,2 @@
-"""Test harness pieces shared by the fault tests: a TCP proxy and a fleet of nodes."""
+"""Test harness pieces: a TCP proxy and a fleet of nodes for the fault tests; clocks
+(a fake clock, a virtual-clock event loop) and the forward tick walk for unit tests."""

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.conftest import PYTHON, SUPERVISOR_BIN, WORKERS, Running, pid_alive
+from tests.databases import listen_url
 from tests.support.proxy import TcpProxy
 
 POLL = 0.02
@@ -316,13 +317,20 @@ class Node:
     """One `supervisor run` process with its config file; can be stopped and started again."""
 
     def __init__(self, name: str, config: Path, env: dict[str, str], cwd: Path,
-                 proxy: TcpProxy | None) -> None:
+                 proxy: TcpProxy | None, release: Path | None = None) -> None:
         self.name = name
         self.config = config
         self.env = env
         self.cwd = cwd
         self.proxy = proxy
         self.runs: list[Running] = []
+        self.release = release
+        self.run_releases: list[Path | None] = []  # what each of `runs` ran
+
+    def use_release(self, release: Path | None) -> None:
+        """From the next start on, run the `supervisor` package found in `release` (an
+        unpacked wheel of another release), or this checkout's (None)."""
+        self.release = release
 
     @property
     def running(self) -> Running:
@@ -337,8 +345,13 @@ class Node:
         return bool(self.runs) and self.running.proc.poll() is None
 
     def start(self) -> Node:
-        argv = [str(SUPERVISOR_BIN), "run", "-c", str(self.config)]
-        self.runs.append(Running(argv, self.env, self.cwd))
+        if self.release is None:
+            argv, env = [str(SUPERVISOR_BIN)], self.env
+        else:  # the other release's package first on the path, this interpreter
+            argv = [PYTHON, "-m", "supervisor"]
+            env = {**self.env, "PYTHONPATH": str(self.release)}
+        self.runs.append(Running([*argv, "run", "-c", str(self.config)], env, self.cwd))
+        self.run_releases.append(self.release)
         return self
 
     def expect(self, pattern: str, timeout: float = 15.0) -> str:
@@ -443,7 +456,8 @@ class Fleet:
         return (
             f"node_id = {_toml(name)}\n"
             f"group = {_toml(group)}\n"
-            f"database_url = {_toml(database_url)}\n\n"
+            f"database_url = {_toml(database_url)}\n"
+            f"database_listen_url = {_toml(listen_url(self.database_url))}\n\n"
             f"{self.timings.toml()}\n"
             "[metrics]\nenabled = false\n\n"
             + self.worker_table(group=group, mode=mode, probe=probe, worker_env=worker_env)
@@ -457,12 +471,13 @@ class Fleet:
 
     def node(self, name: str, *, probe: ProbeLog | None = None, group: str = "default",
              mode: str = "global-leader", via_proxy: bool = False, faketime: str | None = None,
-             start: bool = True) -> Node:
+             start: bool = True, release: Path | None = None) -> Node:
         """Write <name>.toml and (unless start=False) start the node.
 
         via_proxy: the node reaches the database through its own TcpProxy (node.proxy).
         faketime: e.g. "+40s": the supervisor runs under libfaketime with that offset; its
         probe gets the real clock back, since the probe log is the test's instrument.
+        release: run another release of the supervisor (see Node.use_release).
         """
         probe = probe or self.probe()
         url, proxy, worker_env = self.database_url, None, {}
@@ -476,7 +491,7 @@ class Fleet:
         path = self.directory / f"{name}.toml"
         path.write_text(self.config(name, group=group, mode=mode, probe=probe,
                                     database_url=url, worker_env=worker_env))
-        node = Node(name, path, env, self.directory, proxy)
+        node = Node(name, path, env, self.directory, proxy, release)
         self.nodes[name] = node
         return node.start() if start else node
 

@@ -4,12 +4,18 @@
 forwards every connection to the target. `blackhole()` makes it read and drop every
 byte in both directions without closing anything, so peers see silence, never an
 error: writes succeed, reads wait forever. Connections accepted while blackholed
-are not connected upstream and get nothing. `heal()` restores forwarding for new
-connections and closes (with a reset) the connections that lost bytes, since
-their streams are broken, as a cable cut long enough for TCP to give up.
+are not connected upstream and get nothing. `refuse()` plays a database server that
+stopped: every open connection is reset, and new ones are reset as they arrive.
+`heal()` restores forwarding for new connections and closes (with a reset) the
+connections that lost bytes, since their streams are broken, as a cable cut long
+enough for TCP to give up. `delay(seconds)` plays a slow network or a slow server:
+every chunk of bytes, in both directions, is held that long after it arrived before it
+is passed on, in order; nothing is lost, and each connection waits only for its own
+bytes. `heal()` ends the delay too: bytes still held are passed on at once.
 
-Threads, blocking sockets: one thread accepts, two pump each connection. Nothing
-here is fast; it does not need to be.
+Threads, blocking sockets: one thread accepts; each direction of each connection has a
+reader, which never waits for the other side, and a sender, which holds each chunk
+until it is due. Nothing here is fast; it does not need to be.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import contextlib
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from types import TracebackType
 
 _CHUNK = 65536
@@ -34,6 +42,25 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
 
 
+class _Lane:
+    """One direction of one connection: chunks read, each with when it arrived, in order.
+
+    `None` as a chunk is the end of the stream (the reader saw EOF or an error)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.chunks: deque[tuple[float, bytes | None]] = deque()
+
+    def put(self, data: bytes | None) -> None:
+        with self.ready:
+            self.chunks.append((time.monotonic(), data))
+            self.ready.notify_all()
+
+    def wake(self) -> None:
+        with self.ready:
+            self.ready.notify_all()
+
+
 class _Connection:
     """A client socket and, once connected, its upstream socket."""
 
@@ -42,6 +69,7 @@ class _Connection:
         self.upstream: socket.socket | None = None
         self.tainted = False  # lost bytes to a blackhole: unusable after heal
         self.closed = False
+        self.lanes: list[_Lane] = []
 
     def close(self) -> None:
         self.closed = True
@@ -57,6 +85,8 @@ class TcpProxy:
         self.target = (host, port)
         self._lock = threading.Lock()
         self._blackholed = False
+        self._refusing = False
+        self._delay = 0.0
         self._connections: list[_Connection] = []
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
@@ -78,14 +108,42 @@ class TcpProxy:
             for conn in self._connections:
                 conn.tainted = True
 
+    @property
+    def delayed(self) -> float:
+        return self._delay
+
+    def delay(self, seconds: float) -> None:
+        """From now on, hold every chunk `seconds` after it arrived (both ways, in order)."""
+        if seconds < 0:
+            raise ValueError(f"a delay cannot be negative: {seconds}")
+        with self._lock:
+            self._delay = seconds
+            lanes = [lane for conn in self._connections for lane in conn.lanes]
+        for lane in lanes:
+            lane.wake()
+
+    def refuse(self) -> None:
+        """The server is gone: reset every connection now and each new one at once."""
+        with self._lock:
+            self._refusing = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
     def heal(self) -> None:
-        """Forward again; connections that lost bytes are reset so their peers reconnect."""
+        """Forward again, without delay; connections that lost bytes are reset so their
+        peers reconnect."""
         with self._lock:
             self._blackholed = False
+            self._refusing = False
+            self._delay = 0.0
             broken = [conn for conn in self._connections if conn.tainted]
             self._connections = [conn for conn in self._connections if not conn.tainted]
+            lanes = [lane for conn in self._connections for lane in conn.lanes]
         for conn in broken:
             conn.close()
+        for lane in lanes:
+            lane.wake()
 
     def close(self) -> None:
         with self._lock:
@@ -127,6 +185,9 @@ class TcpProxy:
                 if self._closing:
                     conn.close()
                     return
+                if self._refusing:
+                    conn.close()
+                    continue
                 self._connections.append(conn)
                 conn.tainted = self._blackholed
             self._spawn(self._serve, conn)
@@ -141,15 +202,20 @@ class TcpProxy:
             conn.close()
             return
         upstream.settimeout(None)
+        up, down = _Lane(), _Lane()
         with self._lock:
             conn.upstream = upstream
             if conn.closed:
                 _reset(upstream)
                 return
-        self._spawn(self._pump, conn, upstream, conn.client)
-        self._pump(conn, conn.client, upstream)
+            conn.lanes = [up, down]
+        self._spawn(self._send, conn, up, upstream)
+        self._spawn(self._send, conn, down, conn.client)
+        self._spawn(self._pump, conn, upstream, down)
+        self._pump(conn, conn.client, up)
 
-    def _pump(self, conn: _Connection, src: socket.socket, dst: socket.socket | None) -> None:
+    def _pump(self, conn: _Connection, src: socket.socket, lane: _Lane | None) -> None:
+        """Read from src into its lane as fast as bytes come: never waits for the sender."""
         while True:
             try:
                 data = src.recv(_CHUNK)
@@ -157,8 +223,33 @@ class TcpProxy:
                 data = b""
             if not data:
                 break
-            if conn.tainted or dst is None:
+            if conn.tainted or lane is None:
                 continue  # the cut cable: bytes vanish, nobody is told
+            lane.put(data)
+        if lane is not None:
+            lane.put(None)
+
+    def _send(self, conn: _Connection, lane: _Lane, dst: socket.socket) -> None:
+        """Pass each chunk of the lane on once it is due (arrival + the delay now in force);
+        at the end of the stream, close the connection (unless a blackhole owns it)."""
+        while True:
+            with lane.ready:
+                while True:
+                    if conn.closed:
+                        return
+                    if lane.chunks:
+                        arrived, data = lane.chunks[0]
+                        wait = arrived + self._delay - time.monotonic()
+                        if wait <= 0:
+                            lane.chunks.popleft()
+                            break
+                        lane.ready.wait(timeout=wait)
+                    else:
+                        lane.ready.wait()
+            if data is None:
+                break
+            if conn.tainted:
+                continue  # held back when the cable was cut: lost with the rest
             try:
                 dst.sendall(data)
             except OSError:

@@ -618,3 +618,15 @@ def test_masked_data_is_toml_serialisable_and_complete() -> None:
                                     "renew_deadline": "5s"}
     assert data["workers"]["indexer"]["stop_signal"] == "SIGTERM"
     assert isinstance(Settings.model_fields, dict)
+
+
+def test_database_listen_url_is_empty_none_or_a_postgresql_url_and_is_masked() -> None:
+    assert parse_config("").database_listen_url == ""
+    assert parse_config('database_listen_url = "none"\n').database_listen_url == "none"
+    direct = "postgresql+psycopg://fleet:pw@db:5432/fleet"
+    settings = parse_config(f'database_listen_url = "{direct}"\n')
+    assert settings.database_listen_url == direct
+    assert settings.masked()["database_listen_url"] == "postgresql+psycopg://fleet:***@db:5432/fleet"
+    issue = only_issue('database_listen_url = "mysql+pymysql://root:hunter2@db/fleet"\n')
+    assert issue.path == "database_listen_url"
+    assert "hunter2" not in str(issue)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import selectors
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -34,8 +33,8 @@ from supervisor.store import (
     Lease,
     SyncResult,
 )
+from tests.support.clocks import VirtualClockLoop, run_virtual
 
-T = TypeVar("T")
 ME = Holder("n1", "g", 1, "nonce-1")
 OTHER = Holder("n2", "g", 2, "nonce-2")
 TIMING = CoordinationSpec()  # the production defaults: virtual time makes them cheap
@@ -44,51 +43,13 @@ EPOCH = 1_900_000_000.0  # 2030-03-17T17:46:40Z, a multiple of 10 s
 K = EPOCH  # the tick before a node starts, in the tests of downtime
 
 
-# --- a loop on a virtual clock ----------------------------------------------------------------
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """Never waits for a timer: moves the virtual clock to it instead."""
-
-    clock: VirtualClockLoop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:
-            raise RuntimeError("virtual clock: nothing is scheduled and nothing is ready")
-        self.clock.advance(timeout)
-        return []
-
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """Its clock starts at 0 and stays small: asyncio runs a timer due at `now` only if
-    `now + clock resolution (1 ns)` rounds above it, which fails near epoch values."""
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        selector = _JumpingSelector()
-        selector.clock = self
-        super().__init__(selector)
-
-    def time(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        return runner.run(main)
-
-
 # --- the keeper, its store calls made on the loop -----------------------------------------
 
 class InlineKeeper(LeaseKeeper):
     """The real keeper, except that store calls run on the loop instead of in threads."""
 
-    async def _call(self, fn: Any, *args: Any, within: float, **kwargs: Any) -> Any:
+    async def _call(self, fn: Any, *args: Any, within: float, priority: int = 0,
+                    **kwargs: Any) -> Any:
         try:
             async with asyncio.timeout(within):
                 return await self.store.perform(fn, *args, **kwargs)  # type: ignore[attr-defined]
@@ -178,6 +139,8 @@ class MemoryStore:
     # --- the protocol ---
 
     def upgrade(self) -> None: ...
+
+    def schema_state(self) -> None: ...
 
     def lease_ensure(self, names: Sequence[str]) -> None: ...
 
@@ -358,7 +321,7 @@ def test_each_tick_is_claimed_at_its_instant_by_the_database_clock(skew: float,
         await n.stop()
         return store, got
 
-    store, got = run(main())
+    store, got = run_virtual(main())
     assert [ticks_of(grants) for grants in got] == [[first], [first + 10], [first + 20]]
     for tick in (first, first + 10, first + 20):
         arrived = claimed_at(store, tick)
@@ -384,7 +347,7 @@ def test_a_node_that_wakes_a_period_late_looks_back_instead_of_claiming_late() -
         await n.stop()
         return store, ticks_of(grants)
 
-    store, got = run(main())
+    store, got = run_virtual(main())
     assert got == [K + 40]
     assert [t for t, _, _ in store.claims] == [K + 40]
     # +10 was past its grace (25 s) at +36; +20 and +30 are recorded when theirs ends
@@ -402,7 +365,7 @@ def test_early_answers_are_retried_until_the_database_agrees_the_tick_is_due() -
         await n.stop()
         return store, n, grants
 
-    store, n, grants = run(main())
+    store, n, grants = run_virtual(main())
     tick = EPOCH + 10
     assert ticks_of(grants) == [tick]
     results = [result for t, _, result in store.claims if t == tick]
@@ -424,7 +387,7 @@ def test_a_claim_the_database_did_not_answer_is_retried_within_grace() -> None:
         await n.stop()
         return store, grants
 
-    store, grants = run(main())
+    store, grants = run_virtual(main())
     tick = EPOCH + 10
     assert ticks_of(grants) == [tick]
     assert store.attempts("cron_claim") == pytest.approx([tick, tick + 0.25, tick + 0.75])
@@ -444,7 +407,7 @@ def test_a_tick_no_claim_reached_the_database_for_is_recorded_missed(history: bo
         await n.stop()
         return store, n, grants
 
-    store, n, grants = run(main())
+    store, n, grants = run_virtual(main())
     tick = EPOCH + 10
     assert ticks_of(grants) == [tick + 10]
     assert [e.result for e in n.claimed() if e.tick == tick] == ["error", "missed"]
@@ -465,7 +428,7 @@ def test_max_per_node_two_claims_two_slots_of_one_tick() -> None:
         await n.stop()
         return store, grants, renewed
 
-    store, grants, renewed = run(main())
+    store, grants, renewed = run_virtual(main())
     assert ticks_of(grants) == [EPOCH + 10, EPOCH + 10]
     runs = [g.run for g in grants if g.run is not None]
     assert sorted(r.slot for r in runs) == [0, 1]
@@ -484,7 +447,7 @@ def test_max_per_node_stops_claiming_when_the_tick_is_full() -> None:
         await n.stop()
         return store, grants
 
-    store, grants = run(main())
+    store, grants = run_virtual(main())
     assert [g.run.slot for g in grants if g.run is not None] == [1]
     assert [result for _, _, result in store.claims] == ["acquired", "full"]
 
@@ -513,7 +476,7 @@ def test_after_downtime_ticks_past_grace_are_recorded_missed_at_once() -> None:
         await n.stop()
         return store
 
-    store = run(main())
+    store = run_virtual(main())
     db, asked, recorded = store.missed[0]
     assert db == pytest.approx(K + 4)
     assert asked == PAST_GRACE == recorded  # not K - 200 nor K - 100: they have runs
@@ -527,7 +490,7 @@ def test_catch_up_none_claims_no_past_tick_and_records_those_in_grace_when_it_en
         await n.stop()
         return store, got
 
-    store, got = run(main())
+    store, got = run_virtual(main())
     assert [ticks_of(grants) for grants in got] == [[K + 10], [K + 20], [K + 30]]
     assert [t for t, _, _ in store.claims] == [K + 10, K + 20, K + 30]
     assert store.missed_ticks() == PAST_GRACE + IN_GRACE
@@ -545,7 +508,7 @@ def test_catch_up_latest_claims_exactly_the_latest_due_tick() -> None:
         await n.stop()
         return store, first, second
 
-    store, first, second = run(main())
+    store, first, second = run_virtual(main())
     assert ticks_of(first) == [K]
     assert claimed_at(store, K) == pytest.approx(K + 4)
     assert ticks_of(second) == [K + 10]
@@ -565,7 +528,7 @@ def test_catch_up_all_claims_each_tick_in_grace_oldest_first_at_most_the_limit()
         await n.stop()
         return store, first, second
 
-    store, first, second = run(main())
+    store, first, second = run_virtual(main())
     latest = [K - 10 * i for i in range(CATCH_UP_LIMIT - 1, -1, -1)]
     assert ticks_of(first) == latest
     assert [t for t, _, _ in store.claims][:CATCH_UP_LIMIT] == latest
@@ -584,7 +547,7 @@ def test_catch_up_all_claims_no_tick_past_its_grace() -> None:
         await n.stop()
         return store, grants
 
-    store, grants = run(main())
+    store, grants = run_virtual(main())
     assert ticks_of(grants) == IN_GRACE
     assert [(t, result) for t, _, result in store.claims] == [(t, "acquired") for t in IN_GRACE]
     assert store.missed_ticks() == PAST_GRACE
@@ -601,7 +564,7 @@ def test_catch_up_all_over_the_limit_records_the_rest_when_their_grace_ends() ->
         await n.stop()
         return store
 
-    store = run(main())
+    store = run_virtual(main())
     for tick in (K - 120, K - 110, K - 100):
         (when,) = [db for db, _, recorded in store.missed if tick in recorded]
         assert tick + 125 <= when <= tick + 125.5
@@ -617,7 +580,7 @@ def test_a_new_worker_claims_nothing_from_the_past(catch_up: str) -> None:
         await n.stop()
         return store, grants
 
-    store, grants = run(main())
+    store, grants = run_virtual(main())
     assert ticks_of(grants) == [K + 10]
     assert [t for t, _, _ in store.claims] == [K + 10]
     assert store.missed == []
@@ -634,7 +597,7 @@ def test_a_grant_carries_tick_slot_and_token() -> None:
         await n.stop()
         return grants
 
-    grants = run(main())
+    grants = run_virtual(main())
     tokens = [g.run.token for g in grants if g.run is not None]
     assert len(set(tokens)) == 2
     assert [dict(g.env) for g in grants] == [
@@ -655,7 +618,7 @@ def test_the_tick_a_child_is_told_is_the_scheduled_millisecond() -> None:
         await n.stop()
         return grants
 
-    grants = run(main())
+    grants = run_virtual(main())
     assert ticks_of(grants) == [pytest.approx(EPOCH + 0.8)]
     assert grants[0].env["SUPERVISOR_CRON_TICK"] == "2030-03-17T17:46:40.800Z"
 
@@ -676,7 +639,7 @@ def test_finish_is_retried_while_the_database_is_away_then_recorded() -> None:
         await n.stop()
         return store, ok, while_finishing, after
 
-    store, ok, while_finishing, after = run(main())
+    store, ok, while_finishing, after = run_virtual(main())
     assert ok
     (row,) = [r for r in store.rows if r.slot >= 0]
     assert (row.state, row.exit_code) == ("succeeded", 0)
@@ -702,7 +665,7 @@ def test_finish_gives_up_after_a_lease_ttl_and_untracks_the_run() -> None:
         await n.stop()
         return ok, took, before, after
 
-    ok, took, before, after = run(main())
+    ok, took, before, after = run_virtual(main())
     assert not ok
     assert TIMING.lease_ttl <= took <= TIMING.lease_ttl + TIMING.renew_interval + 0.01
     assert len(before) == 1
@@ -721,7 +684,7 @@ def test_finish_of_a_run_marked_lost_says_so_and_untracks_it() -> None:
         await n.stop()
         return ok, after, (row.state,)
 
-    ok, after, state = run(main())
+    ok, after, state = run_virtual(main())
     assert not ok
     assert after == ()
     assert state == ("lost",)
@@ -748,7 +711,7 @@ def test_abandon_finishes_claimed_runs_that_were_never_handed_over_as_stopped() 
         await n.stop()
         return store, after, finishes
 
-    store, after, finishes = run(main())
+    store, after, finishes = run_virtual(main())
     (row,) = [r for r in store.rows if r.slot >= 0]
     assert (row.state, row.reason) == ("stopped", "supervisor stopped before the run started")
     assert len(finishes) == 1
@@ -768,6 +731,6 @@ def test_abandon_with_nothing_claimed_records_nothing() -> None:
         await n.stop()
         return store
 
-    store = run(main())
+    store = run_virtual(main())
     assert store.attempts("cron_finish") == []
     assert store.claims == []

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from supervisor.clock import boottime
 from supervisor.coordination import Grant
 from supervisor.coordination.leader import LeaderMode, LeaseKeeper
 from supervisor.errors import StoreUnavailable
@@ -47,6 +48,8 @@ class ScriptedStore:
         self._synced = threading.Condition()
 
     def upgrade(self) -> None: ...
+
+    def schema_state(self) -> None: ...
 
     def lease_ensure(self, names: Sequence[str]) -> None: ...
 
@@ -238,8 +241,17 @@ async def tracked(store: ScriptedStore, token: int = 7
     async with asyncio.timeout(5):
         await keeper.clock_ready()
     grant = Grant(stop_grace=TIMING.leader_stop_grace)
-    keeper.track_run(cron_run(token), grant, asyncio.get_running_loop().time())
+    keeper.track_run(cron_run(token), grant, keeper.stamp())
     return keeper, task, grant
+
+
+async def tightened(grant: Grant) -> None:
+    """Until a revoked grant's stop grace has been cut to nothing."""
+    while True:
+        grant.changed.clear()
+        if grant.stop_grace == 0.0:
+            return
+        await grant.changed.wait()
 
 
 async def syncs(store: ScriptedStore, count: int) -> list[tuple[CronRun, ...]]:
@@ -310,7 +322,7 @@ def test_a_run_replaced_by_a_later_tick_stops_as_a_leader_does_and_is_still_rene
         store = ScriptedStore()
         keeper, task, grant = await tracked(store)
         other = Grant()
-        keeper.track_run(cron_run(8), other, asyncio.get_running_loop().time())
+        keeper.track_run(cron_run(8), other, keeper.stamp())
         store.stop_runs = {7}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
@@ -323,8 +335,8 @@ def test_a_run_replaced_by_a_later_tick_stops_as_a_leader_does_and_is_still_rene
 
     grant, while_stopping, after = asyncio.run(main())
     assert grant.reason == "replaced by a later tick"
-    assert grant.stop_grace == TIMING.leader_stop_grace
-    assert not grant.hurry.is_set()  # renewed on: nothing shortens its grace
+    # renewed on: nothing shortens its grace
+    assert grant.stop_grace == pytest.approx(TIMING.leader_stop_grace)
     assert all(sorted(run.token for run in runs) == [7, 8] for runs in while_stopping)
     assert all([run.token for run in runs] == [8] for runs in after)
 
@@ -338,7 +350,7 @@ def test_a_replaced_run_the_database_then_calls_lost_hurries_to_no_grace():
             await grant.revoked.wait()
         store.lose_runs = {7}
         async with asyncio.timeout(5):
-            await grant.hurry.wait()
+            await tightened(grant)
         await stopped(keeper, task)
         return grant
 
@@ -372,10 +384,10 @@ def test_a_run_whose_renewals_fail_is_revoked_when_its_trust_runs_out(behaviour:
     assert "renew_deadline" in grant.reason
 
 
-def test_a_replaced_run_thawed_after_its_trust_ran_out_hurries_to_no_grace():
+def test_a_replaced_run_thawed_after_its_deadline_is_past_due_at_once():
     timing = CoordinationSpec(lease_ttl=1.5, renew_interval=0.05, renew_deadline=0.3)
 
-    async def main() -> tuple[Grant, float | None]:
+    async def main() -> tuple[float, float, float]:
         store = ScriptedStore()
         keeper = LeaseKeeper(store, ME, timing, lambda e: None)  # type: ignore[arg-type]
         task = asyncio.create_task(keeper.run())
@@ -383,26 +395,26 @@ def test_a_replaced_run_thawed_after_its_trust_ran_out_hurries_to_no_grace():
             await keeper.clock_ready()
         loop = asyncio.get_running_loop()
         grant = Grant(stop_grace=timing.leader_stop_grace)
-        keeper.track_run(cron_run(7), grant, loop.time())
+        keeper.track_run(cron_run(7), grant, keeper.stamp())
         store.stop_runs = {7}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
-        replaced_grace = grant.stop_grace
+        revoked_at = boottime()
         store.behaviour = "hang"
-        # Freeze the loop past trust + grace (SIGSTOP, a paused VM): the stop that began
-        # with a grace must now be a kill.
-        loop.call_soon(threading.Event().wait,
-                       timing.renew_deadline + timing.leader_stop_grace + 0.15)
-        async with asyncio.timeout(5):
-            await grant.hurry.wait()
+        # Freeze the loop past trust + grace (SIGSTOP, a paused VM): deadlines are
+        # instants, so the stop that began with a grace is due at once on thaw.
+        frozen = loop.create_future()
+        loop.call_soon(lambda: (threading.Event().wait(
+            timing.renew_deadline + timing.leader_stop_grace + 0.15), frozen.set_result(None)))
+        await frozen
+        thawed_at = boottime()
         store.unblock.set()
         await stopped(keeper, task)
-        return grant, replaced_grace
+        return grant.deadline() - revoked_at, grant.deadline(), thawed_at
 
-    grant, replaced_grace = asyncio.run(main())
-    assert replaced_grace == timing.leader_stop_grace
-    assert grant.stop_grace == 0.0
-    assert grant.reason == "replaced by a later tick"
+    grace, deadline, thawed_at = asyncio.run(main())
+    assert grace <= timing.leader_stop_grace + 0.01  # never later than the replace grace
+    assert deadline < thawed_at
 
 
 # --- the database clock ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure domain types: durations, signals, URL masking, exit statuses."""
+"""Pure domain types: durations, signals, URL masking, exit statuses, key names."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ from hypothesis import strategies as st
 from supervisor.model import (
     ExitReason,
     ExitStatus,
+    Mode,
+    coord_key,
+    coord_lease,
+    database_keys,
     format_duration,
+    leader_lease,
+    lease_name,
     mask_url,
+    parse_coord_key,
     parse_duration,
+    parse_leader_lease,
     parse_signal,
+    per_group_prefix,
 )
 
 # --- parse_duration ------------------------------------------------------------------------
@@ -257,3 +266,69 @@ def test_exit_status_signal_and_success() -> None:
     assert ExitStatus(-9).signal is signal.SIGKILL
     assert ExitStatus(-200).signal is None
     assert ExitStatus(2).signal is None
+
+
+# --- key names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "scope", "name"),
+    [
+        (Mode.GLOBAL_LEADER, None, "leader/indexer"),
+        (Mode.GROUP_LEADER, None, "leader/indexer/eu"),
+        (Mode.GROUP_LEADER, "group", "leader/indexer/eu"),
+        (Mode.GROUP_LEADER, "global", "leader/indexer"),
+    ],
+)
+def test_a_leader_lease_is_per_group_only_for_a_group_leader(
+        mode: Mode, scope: str | None, name: str) -> None:
+    assert lease_name("indexer", mode, scope, "eu") == name
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("leader/indexer", ("indexer", None)),
+        ("leader/indexer/eu", ("indexer", "eu")),
+        ("leader/indexer/eu/west", ("indexer", "eu/west")),  # a group may hold "/"
+        ("coord/indexer/eu", None),
+        ("indexer", None),
+    ],
+)
+def test_a_leader_lease_name_parses_into_worker_and_group(
+        name: str, parsed: tuple[str, str | None] | None) -> None:
+    assert parse_leader_lease(name) == parsed
+
+
+@pytest.mark.parametrize(
+    ("scope", "key", "parsed"),
+    [
+        (None, "indexer", ("indexer", None)),
+        ("global", "indexer", ("indexer", None)),
+        ("group", "indexer/eu/west", ("indexer", "eu/west")),
+    ],
+)
+def test_a_coordinated_key_parses_back_into_worker_and_group(
+        scope: str | None, key: str, parsed: tuple[str, str | None]) -> None:
+    assert coord_key("indexer", scope, "eu/west") == key
+    assert parse_coord_key(key) == parsed
+
+
+worker_names = st.from_regex(r"[A-Za-z0-9._-]{1,20}", fullmatch=True)
+groups = st.text(st.characters(min_codepoint=0x21), min_size=1, max_size=20)
+
+
+@given(worker_names, groups)
+def test_built_keys_parse_back(worker: str, group: str) -> None:
+    assert parse_leader_lease(leader_lease(worker, group)) == (worker, group)
+    assert parse_leader_lease(leader_lease(worker)) == (worker, None)
+    assert parse_coord_key(coord_key(worker, "group", group)) == (worker, group)
+    assert leader_lease(worker, group).startswith(per_group_prefix(leader_lease(worker)))
+    assert coord_key(worker, "group", group).startswith(per_group_prefix(worker))
+
+
+def test_database_keys_are_every_key_a_worker_writes() -> None:
+    assert database_keys("w", Mode.GROUP_LEADER, None, "eu") == ["leader/w/eu"]
+    assert database_keys("w", Mode.COORDINATED, "group", "eu") == ["w/eu", "coord/w/eu"]
+    assert database_keys("w", Mode.COORDINATED, None, "eu") == ["w", coord_lease("w")]
+    assert database_keys("w", Mode.CRON, None, "eu") == []

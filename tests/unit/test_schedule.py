@@ -19,14 +19,14 @@ from supervisor.schedule import (
     parse_timezone,
     previous_tick,
     recent_ticks,
-    ticks_between,
 )
+from tests.support.ticks import ticks_between
 
 
 @pytest.mark.parametrize(
     "expr",
     ["*/5 * * * *", "0 2 * * *", "0 2 * * MON-FRI", "15,45 8-18 * * 1-5", "0 0 1 1 *",
-     "0 2 L * *", "0 0 29 2 *"],
+     "0 0 29 2 *"],
 )
 def test_five_fields(expr: str) -> None:
     assert parse_schedule(expr) == CronSchedule(expr, seconds_field=False)
@@ -156,8 +156,6 @@ def between(expr: str, start: float, end: float, tz: ZoneInfo = UTC_TZ, limit: i
          ["2024-07-01 00:00:00", "2025-01-01 00:00:00"]),
         ("0 0 15 FEB-APR *", utc(2024, 1, 1), utc(2024, 12, 1),
          ["2024-02-15 00:00:00", "2024-03-15 00:00:00", "2024-04-15 00:00:00"]),
-        ("0 0 L * *", utc(2024, 1, 15), utc(2024, 3, 15),
-         ["2024-01-31 00:00:00", "2024-02-29 00:00:00"]),
         ("0 0 * * 0", utc(2024, 1, 1), utc(2024, 1, 15),  # 0 is Sunday
          ["2024-01-07 00:00:00", "2024-01-14 00:00:00"]),
         ("0 0 * * 7", utc(2024, 1, 1), utc(2024, 1, 8),  # and so is 7
@@ -276,13 +274,12 @@ def test_ticks_between_empty(start: float, end: float, limit: int) -> None:
         assert ticks_between(parse_schedule(expr), UTC_TZ, start, end, limit) == []
 
 
-@pytest.mark.parametrize("expr", ["@every 100ms", "@every 1100ms", "@every 3ms", "@every 7s"])
-def test_every_survives_float_rounding(expr: str) -> None:
+@pytest.mark.parametrize("period", [0.1, 1.1, 0.003, 7.0])
+def test_every_survives_float_rounding(period: float) -> None:
     # 43 * 0.1 / 0.1 rounds to 43.00000000000001 and 78 * 0.1 / 0.1 to 77.99999999999999:
-    # the division alone would give a tick that is not after `after`, or skip one.
-    schedule = parse_schedule(expr)
-    assert isinstance(schedule, EverySchedule)
-    period = schedule.period
+    # the division alone would give a tick that is not after `after`, or skip one. (3 ms is
+    # below the @every minimum; the tick arithmetic is tested on it all the same.)
+    schedule = EverySchedule(period)
     for k in range(1, 400):
         for after in (k * period, math.nextafter(k * period, -math.inf),
                       math.nextafter(k * period, math.inf)):

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.schedule import next_tick, parse_schedule, previous_tick, ticks_between
+from supervisor.schedule import next_tick, parse_schedule, previous_tick
+from tests.support.ticks import ticks_between
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

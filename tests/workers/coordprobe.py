@@ -17,7 +17,12 @@ lock files are per scope: `<scope>-idx-<i>.lock`, `<scope>-gen-<g>.lock`.
 Lines appended to PROBE_DIR/log, one os.write each:
     start <node> <pid> <generation> <index> <count> <time>
     OVERLAP <node> <pid> <generation> <index> <count> <time> <what>
+    draining <node> <pid> <generation> <index> <count> <time>   (on SIGTERM, PROBE_DRAIN)
     end <node> <pid> <generation> <index> <count> <time>        (on SIGTERM)
+
+PROBE_DRAIN (seconds, default 0; with PROBE_DRAIN_ON, only on that node): on SIGTERM
+keep every lock this long before ending, as a worker with a slow graceful drain would;
+only SIGKILL cuts it short.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ COUNT = int(os.environ.get("SUPERVISOR_WORKER_COUNT", "0") or 0)
 PID = os.getpid()
 SCOPE = os.environ.get("PROBE_SCOPE", "")
 PREFIX = f"{SCOPE}-" if SCOPE else ""
+DRAIN = float(os.environ.get("PROBE_DRAIN", "0") or 0)
+if os.environ.get("PROBE_DRAIN_ON", NODE) != NODE:
+    DRAIN = 0.0  # only the named node's instances drain slowly
 log_fd = os.open(os.path.join(DIR, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
@@ -80,6 +88,9 @@ def read_held(name: str) -> bool:
 
 
 def stop(signum: int, _frame: object) -> None:
+    if DRAIN:
+        record("draining")
+        time.sleep(DRAIN)  # still holding every lock
     record("end")
     os._exit(0)
 

@@ -20,6 +20,14 @@ of concurrent probes never interleave:
 interval lies inside the interval the lock was really held. stdout gets
 `probe running token=<T> pid=<P>` once the lock is held. The node comes from
 SUPERVISOR_NODE_ID, the token from SUPERVISOR_FENCING_TOKEN (`-` when absent).
+
+PROBE_DRAIN (seconds, default 0; with PROBE_DRAIN_ON, only on that node): on
+SIGTERM/SIGINT record `draining`, then keep holding the lock this long before
+releasing, as a worker with a slow graceful drain would (SIGKILL ends it sooner, and
+the kernel lets the lock go). PROBE_CHATTY (bytes, default 0): once the lock is held,
+write lines of about this size to stdout, about 5000 a second. PROBE_EXIT
+(an exit status): once the lock is held, release it and exit with that status, as a
+worker that crashes at once.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ RETRY = 0.02
 log_fd = os.open(os.environ["PROBE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 lock_fd = os.open(os.environ["PROBE_LOCK"], os.O_RDWR | os.O_CREAT, 0o644)
 wait = float(os.environ.get("PROBE_WAIT", "0") or 0)
+drain = float(os.environ.get("PROBE_DRAIN", "0") or 0)
+if os.environ.get("PROBE_DRAIN_ON", NODE) != NODE:
+    drain = 0.0  # only the named node's instances drain slowly
+chatty = int(os.environ.get("PROBE_CHATTY", "0") or 0)
+crash = os.environ.get("PROBE_EXIT", "")
 
 
 def record(kind: str) -> None:
@@ -52,6 +65,9 @@ def try_lock() -> bool:
 
 
 def stop(signum: int, _frame: object) -> None:
+    if holding and drain:
+        record("draining")
+        time.sleep(drain)  # still holding: a slow drain that only SIGKILL cuts short
     if holding:
         record("released")
         os.close(lock_fd)  # lets the lock go; the kernel would do it at exit anyway
@@ -73,5 +89,16 @@ while not try_lock():
 holding = True
 record("acquired")
 print(f"probe running token={TOKEN} pid={PID}", flush=True)
+if crash:
+    record("released")
+    os._exit(int(crash))
+line = f"chatty token={TOKEN} pid={PID} ".ljust(max(chatty, 1), "x").encode() + b"\n"
+written = 0
 while True:
-    signal.pause()
+    if chatty:
+        os.write(1, line)  # blocks while the supervisor does not read: only this child waits
+        written += 1
+        if written % 50 == 0:
+            time.sleep(0.01)  # about 5000 lines a second: a chatty worker, not a CPU hog
+    else:
+        signal.pause()

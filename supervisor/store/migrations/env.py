@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-VERSION_TABLE = "fs_alembic_version"
+from supervisor.store.compat import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, version_table=VERSION_TABLE, target_metadata=None)
