@@ -98,21 +98,6 @@ async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> Node
     return parse_validation(str(config_path), returncode, stdout, stderr)
 
 
-AVAILABLE_MODES = (Mode.EVERY_NODE, Mode.GLOBAL_LEADER, Mode.GROUP_LEADER, Mode.CRON,
-                   Mode.COORDINATED)
-
-
-def check_modes(settings: NodeSpec, source: str = "config") -> None:
-    """ConfigError naming every worker whose mode this version cannot run."""
-    issues = [
-        ConfigIssue(f"workers.{name}.mode",
-                    f'mode "{config.mode}" is not available in this version')
-        for name, config in settings.workers.items() if config.mode not in AVAILABLE_MODES
-    ]
-    if issues:
-        raise ConfigError(source, issues)
-
-
 class WorkerSupervisor:
     """Runs one long-running worker: grant, child, restart; stops when asked.
 
@@ -258,7 +243,6 @@ class Supervisor:
         self._reload_wanted = False  # a SIGHUP not yet applied: a burst makes one reload
         self._reloader: asyncio.Task[None] | None = None
         self._keeper: LeaseKeeper | None = None
-        check_modes(settings)
 
     @property
     def workers(self) -> Mapping[str, WorkerSupervisor | CronSupervisor]:
@@ -454,7 +438,6 @@ class Supervisor:
         """Re-read the file and apply what changed; False (and nothing changed) if invalid."""
         try:
             new = await load_spec_async(self._config_path, self._environ)
-            check_modes(new)
         except ConfigError as exc:
             issues = tuple(str(issue) for issue in exc.issues)
             log.error("reload rejected, keeping the running set: %s", "; ".join(issues))

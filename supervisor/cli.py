@@ -90,7 +90,7 @@ def validate(config_path: Path) -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
-    from supervisor.app import check_modes, load_spec
+    from supervisor.app import load_spec
     from supervisor.logs import configure_logging
     from supervisor.output import Output
     from supervisor.runner import raise_nofile_limit
@@ -102,7 +102,6 @@ def run(config_path: Path) -> None:
         _fail(conflict)
     try:
         spec = load_spec(config_path)
-        check_modes(spec, str(config_path))
     except ConfigError as exc:
         _fail(str(exc))
     # From here on nothing writes to stdout or stderr but Output's writer threads: a reader
