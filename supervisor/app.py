@@ -49,14 +49,10 @@ from supervisor.model import (
     lease_name,
 )
 from supervisor.policy import RestartTracker
-from supervisor.runner import (
-    TrustWatchdog,
-    capture,
-    first_of,
-    reap_orphans,
-    unless_stopped,
-)
+from supervisor.processes import reap_orphans
+from supervisor.runner import capture, first_of, unless_stopped
 from supervisor.spec import NodeSpec, WorkerSpec, node_from_plain
+from supervisor.watchdog_client import TrustWatchdog
 
 log = logging.getLogger("supervisor")
 

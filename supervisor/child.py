@@ -45,8 +45,9 @@ from supervisor.model import (
     WorkerStarted,
     format_duration,
 )
-from supervisor.runner import ProcessSpec, RunningProcess, TrustWatchdog, first_of, spawn
+from supervisor.runner import ProcessSpec, RunningProcess, first_of, spawn
 from supervisor.spec import NodeSpec, WorkerSpec
+from supervisor.watchdog_client import TrustWatchdog
 
 log = logging.getLogger("supervisor")
 

@@ -93,7 +93,7 @@ def run(config_path: Path) -> None:
     from supervisor.app import load_spec
     from supervisor.logs import configure_logging
     from supervisor.output import Output
-    from supervisor.runner import raise_nofile_limit
+    from supervisor.processes import raise_nofile_limit
 
     # Descriptors for the supervisor's own pipes, children and metrics connections, up to
     # the hard limit; each child gets the soft limit we were started with back (runner.py).
@@ -212,7 +212,7 @@ def _unreachable(exc: StoreError) -> NoReturn:
 
 
 def _run(spec: NodeSpec, config_path: Path, output: Output) -> int:
-    from supervisor.runner import use_pidfd_child_watcher
+    from supervisor.processes import use_pidfd_child_watcher
 
     use_pidfd_child_watcher()
     try:

@@ -33,8 +33,9 @@ from supervisor.child import (
 )
 from supervisor.coordination.cron import CronMode, RunGrant
 from supervisor.model import CronRunEnded, Event, WorkerState
-from supervisor.runner import TrustWatchdog, unless_stopped
+from supervisor.runner import unless_stopped
 from supervisor.spec import NodeSpec, WorkerSpec
+from supervisor.watchdog_client import TrustWatchdog
 
 log = logging.getLogger("supervisor")
 

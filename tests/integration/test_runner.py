@@ -15,8 +15,9 @@ from supervisor.clock import boottime
 from supervisor.coordination import Grant
 from supervisor.errors import SpawnError
 from supervisor.model import ExitReason, Mode, WorkerExited, WorkerStarted
-from supervisor.runner import ProcessSpec, TrustWatchdog, spawn
+from supervisor.runner import ProcessSpec, spawn
 from supervisor.spec import NodeSpec, WorkerSpec
+from supervisor.watchdog_client import TrustWatchdog
 from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
 
 Lines = list[tuple[str, str]]

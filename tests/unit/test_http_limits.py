@@ -7,9 +7,9 @@ import resource
 
 import pytest
 
-from supervisor import runner
+from supervisor import processes
 from supervisor.http import _parse_head
-from supervisor.runner import _child_setup, raise_nofile_limit
+from supervisor.processes import child_setup, raise_nofile_limit
 
 
 @pytest.mark.parametrize(("head", "parsed"), [
@@ -61,7 +61,7 @@ def limits(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         monkeypatch.setattr(resource, "setrlimit", fake.setrlimit)
         return fake
 
-    monkeypatch.setattr(runner._Limits, "child_nofile", None)
+    monkeypatch.setattr(processes.Limits, "child_nofile", None)
     return install
 
 
@@ -74,7 +74,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one_bounded(limits, soft, hard, ra
     fake = limits(soft, hard)
     assert raise_nofile_limit() == (soft, raised)
     assert fake.limits == (raised, hard)  # the hard limit is never touched
-    assert runner._Limits.child_nofile == soft  # children get it back
+    assert processes.Limits.child_nofile == soft  # children get it back
 
 
 @pytest.mark.parametrize(("soft", "hard"), [
@@ -86,13 +86,13 @@ def test_nothing_changes_when_there_is_nothing_to_raise(limits, soft, hard):
     fake = limits(soft, hard)
     assert raise_nofile_limit() == (soft, soft)
     assert fake.limits == (soft, hard)
-    assert runner._Limits.child_nofile is None  # children inherit ours, which is theirs
+    assert processes.Limits.child_nofile is None  # children inherit ours, which is theirs
 
 
 def test_a_refused_raise_is_not_an_error(limits):
     limits(1024, 4096, refuse=True)
     assert raise_nofile_limit() == (1024, 1024)
-    assert runner._Limits.child_nofile is None
+    assert processes.Limits.child_nofile is None
 
 
 def test_raising_twice_keeps_the_first_original_for_children(limits):
@@ -100,12 +100,12 @@ def test_raising_twice_keeps_the_first_original_for_children(limits):
     raise_nofile_limit(ceiling=2048)
     raise_nofile_limit()
     assert fake.limits == (8192, 8192)
-    assert runner._Limits.child_nofile == 1024
+    assert processes.Limits.child_nofile == 1024
 
 
 def test_the_pre_exec_hook_lowers_the_soft_limit_only(limits, monkeypatch):
     fake = limits(65536, 1_048_576)
-    monkeypatch.setattr(runner, "_prctl", None)  # no PDEATHSIG on the test process
+    monkeypatch.setattr(processes, "_prctl", None)  # no PDEATHSIG on the test process
     # Run here, not in a child: the parent pid it checks is this process's parent.
-    _child_setup(runner.os.getppid(), None, 1024)()
+    child_setup(processes.os.getppid(), None, 1024)()
     assert fake.limits == (1024, 1_048_576)
