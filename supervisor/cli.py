@@ -128,7 +128,8 @@ def status(config_path: Path, as_json: bool) -> None:
     data, and a warning when the nodes' zone data differ), leaders, terms, time left, each
     coordinated worker's generation and who holds which index, and each cron worker's
     next tick (by the database's clock) and latest ticks."""
-    from supervisor.fleetview import coord_section, cron_section, status_data, status_text
+    from supervisor.fleettext import status_text
+    from supervisor.fleetview import coord_section, cron_section, status_data
 
     settings = _load(config_path)
     with _store(config_path) as store:
@@ -157,7 +158,8 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
     A term is placed at the time it was acquired, a cron run at its tick, a generation
     at the time it was published.
     """
-    from supervisor.fleetview import history_data, history_text
+    from supervisor.fleettext import history_text
+    from supervisor.fleetview import history_data
 
     with _store(config_path) as store:
         lease = leader_lease(worker) if worker else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supervisor.config import parse_config
+from supervisor.fleettext import history_text, status_text
 from supervisor.fleetview import (
     TICKS_SHOWN,
     coord_section,
@@ -10,9 +11,7 @@ from supervisor.fleetview import (
     cron_rows_needed,
     cron_section,
     history_data,
-    history_text,
     status_data,
-    status_text,
     tick_summary,
 )
 from supervisor.store import (
