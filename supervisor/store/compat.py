@@ -97,9 +97,12 @@ def _scalars(conn: Connection, query: Any, table: str) -> list[str]:
         with conn.begin_nested():
             return [str(value) for value in conn.execute(query).scalars()]
     except DBAPIError:
-        if table in inspect(conn).get_table_names():
-            raise
-        return []
+        if table not in inspect(conn).get_table_names():
+            return []
+    # The table exists now: a node's first migration created it between the query and the
+    # lookup (or the query failed for another reason, which asking again raises).
+    with conn.begin_nested():
+        return [str(value) for value in conn.execute(query).scalars()]
 
 
 def release_at_least(release: str, minimum: str) -> bool:

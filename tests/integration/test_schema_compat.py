@@ -74,3 +74,26 @@ def test_every_migration_since_the_oldest_admitted_release_only_adds(database_ur
                                 f" {release}'s inserts do not name it")
     assert not problems, problems
     assert set(after) > set(before)  # the check saw the tables added since (0006)
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql", "pgbouncer", "mariadb"])
+def test_a_schema_created_while_it_is_being_inspected_is_read_not_an_error(
+        database_url, monkeypatch) -> None:
+    """A node reading the schema's revision while another node's first migration commits:
+    its query fails (no table yet), and by the time it looks in the catalog the table is
+    there. It reads the new revision instead of raising. (Not SQLite: there the reading
+    transaction holds the write lock, so no migration can commit in between.)"""
+    from supervisor.store import compat
+
+    real_inspect = compat.inspect
+
+    def migration_lands_first(conn: Any) -> Any:  # the other node commits just now
+        migrate(database_url, command.upgrade, known_head())
+        return real_inspect(conn)
+
+    monkeypatch.setattr(compat, "inspect", migration_lands_first)
+    store = SqlStore(database_url)
+    try:
+        assert store.schema_state().revision == known_head()
+    finally:
+        store.close()
