@@ -24,7 +24,9 @@ def test_cron_fleet_example_runs_max_run_per_tick_across_three_supervisors(
     shutil.copytree(EXAMPLES, work, ignore=shutil.ignore_patterns("*.db*", "*.log"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
     env.update(SUPERVISOR=str(SUPERVISOR_BIN), SUPERVISOR_METRICS__ENABLED="false")
-    done = subprocess.run(["sh", str(work / "cron-fleet.sh"), "9"], env=env, cwd=tmp_path,
+    # 14 s: three supervisors start in 1 to 5 s on a loaded 2-core machine, and the test needs
+    # at least one tick between the first and the last that all three were up for
+    done = subprocess.run(["sh", str(work / "cron-fleet.sh"), "14"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     logs = "\n".join(p.read_text() for p in sorted(work.glob("node-*.log")))
     assert done.returncode == 0, done.stdout + done.stderr + logs

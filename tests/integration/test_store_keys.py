@@ -348,22 +348,37 @@ def test_a_conversion_waits_out_a_long_transaction_on_its_table(at_0007, caplog)
     """The ALTER waits a bounded time for the table's metadata lock (writers queue behind a
     waiting ALTER), lets them through, and tries again until the transaction ends."""
     caplog.set_level(logging.INFO, logger="supervisor")
+    waiting = threading.Event()  # the upgrade has said it waits for the blocker
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "fs_cron_runs is held by another transaction" in record.getMessage():
+                waiting.set()
+
+    seen = Seen()
+    logging.getLogger("supervisor").addHandler(seen)
     engine = create_engine(at_0007)
+    ended: list[float] = []
+
+    def end_the_blocker() -> None:  # once the upgrade waits on it, however long that took
+        waiting.wait(timeout=60.0)
+        ended.append(time.monotonic())
+        blocker.close()  # closing rolls back
+
     try:
         blocker = engine.connect()
         blocker.begin()
         blocker.execute(text("SELECT COUNT(*) FROM fs_cron_runs"))  # holds it until it ends
-        ending = threading.Timer(3.0, blocker.close)  # closing rolls back
+        ending = threading.Thread(target=end_the_blocker)
         ending.start()
-        started = time.monotonic()
         try:
             upgraded(at_0007).close()
         finally:
             ending.join()
-        took = time.monotonic() - started
+        finished = time.monotonic()
     finally:
         engine.dispose()
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("fs_cron_runs is held by another transaction" in m for m in messages), messages
-    assert 3.0 <= took < 30.0
+        logging.getLogger("supervisor").removeHandler(seen)
+    assert waiting.is_set(), [r.getMessage() for r in caplog.records]
+    assert ended[0] <= finished < ended[0] + 30.0  # done only after the transaction ended
     assert collations(at_0007) == {table: {COLLATION} for table in TABLES}
