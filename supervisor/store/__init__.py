@@ -41,249 +41,31 @@ tests/integration/test_store.py, on SQLite, PostgreSQL and MariaDB):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from supervisor.store.records import (
+    ClaimOutcome,
+    CoordAssigned,
+    CoordGeneration,
+    CoordMember,
+    CoordSlot,
+    CoordStatus,
+    CoordView,
+    CronRecorded,
+    CronRun,
+    CronRunRecord,
+    Holder,
+    Lease,
+    LeaseState,
+    Member,
+    NodeFacts,
+    SyncRefusal,
+    SyncResult,
+    TermRecord,
+)
 
 if TYPE_CHECKING:
     from supervisor.store.compat import SchemaState
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """What a node computes with, written into its membership row when it joins: its
-    release and the time-zone data its cron schedules use (`supervisor.tzinfo_source`).
-    None: not reported (a node of an older release leaves the columns NULL)."""
-
-    release: str | None = None
-    tz_source: str | None = None  # "system:/usr/share/zoneinfo", "tzdata", "none"
-    tz_version: str | None = None  # "2024a", "unknown"
-
-    @classmethod
-    def of_this_process(cls) -> NodeFacts:
-        from supervisor import __version__
-        from supervisor.tzinfo_source import this_process
-
-        zone = this_process()
-        return cls(__version__, zone.source, zone.version)
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds something: a supervisor process, unique even among two on one host.
-
-    `facts` ride along for the membership row (node_sync's heartbeat writes them when the
-    row is inserted); they are no part of the identity: holders compare and hash by node,
-    group, pid and nonce, and a holder read back from a row has facts None."""
-
-    node_id: str
-    group: str
-    pid: int
-    nonce: str  # random per start of a supervisor
-    facts: NodeFacts | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A lease as its holder sees it after a successful acquire or renew."""
-
-    name: str
-    holder: Holder
-    term: int  # the fencing token
-    expires_at: float  # database time, epoch seconds
-
-
-@dataclass(frozen=True)
-class LeaseState:
-    """A lease row as anyone sees it (for `supervisor status`)."""
-
-    name: str
-    term: int
-    holder: Holder | None  # None when free
-    expires_at: float
-    seconds_left: float  # by the database's clock; <= 0 when expired
-
-
-@dataclass(frozen=True)
-class Member:
-    """A live supervisor process, and what it computes with (None: not reported)."""
-
-    holder: Holder
-    started_at: float
-    expires_at: float
-    release: str | None = None
-    tz_source: str | None = None
-    tz_version: str | None = None
-
-
-@dataclass(frozen=True)
-class TermRecord:
-    """One leadership term, from acquire to its end (or still running)."""
-
-    lease: str
-    term: int
-    holder: Holder
-    acquired_at: float
-    ended_at: float | None
-    outcome: str | None  # released | expired | None while held
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class CronRun:
-    """A claimed slot of one cron tick, as its holder sees it: a leased row."""
-
-    token: int  # the claim's fencing token: only grows, fleet-wide
-    worker: str
-    tick: float  # the scheduled instant, epoch seconds (UTC); with worker and slot the key
-    slot: int  # 0 <= slot < max_run
-    holder: Holder
-    expires_at: float  # database time; renewed by node_sync while the run goes on
-
-
-@dataclass(frozen=True)
-class ClaimOutcome:
-    """What a claim attempt got: `acquired` (with the run), or why not:
-    `early` (the tick is not due by the database's clock), `missed` (past
-    misfire_grace, or already recorded missed: recorded once, never run late), `full`
-    (max_run slots taken, or this node has max_per_node of them), `overlap` (forbidden:
-    a run of an earlier tick is still going fleet-wide; or, replacing, a later tick
-    already has runs, so this one is superseded; the tick is recorded `skipped` unless
-    it has runs, and a skip is final).
-
-    `replaced`: with `replace_earlier`, the tokens of the earlier runs this claim asked
-    to stop (their holders learn it from `SyncResult.runs_stop`)."""
-
-    result: str
-    run: CronRun | None = None
-    replaced: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class CronRecorded:
-    """Which ticks of a worker the database has any row for (runs or tick-level records)."""
-
-    first_tick: float | None  # the smallest tick with any row; None when the worker has none
-    ticks: frozenset[float]  # the distinct ticks with any row, after `since`
-
-
-@dataclass(frozen=True)
-class CronRunRecord:
-    """One row of cron history (a run, or a tick nobody ran)."""
-
-    token: int
-    worker: str
-    tick: float
-    slot: int  # -1 for a tick-level record (missed, skipped)
-    holder: Holder | None
-    state: str  # running | succeeded | failed | timed_out | stopped | lost | missed | skipped
-    claimed_at: float
-    ended_at: float | None
-    exit_code: int | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class CoordMember:
-    """A member of a coordinated worker key: a supervisor process renewing its row."""
-
-    holder: Holder
-    joined_at: float  # database time of its first renewal since it was last live
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class CoordView:
-    """A coordinated worker key as one member sees it after node_sync."""
-
-    worker_key: str
-    generation: int  # the published generation; 0 while none is
-    count: int  # its count: indexes 0..count-1
-    index: int | None  # this holder's index in it; None: standing by, or not in it
-    published_at: float | None  # database time; None while none is published
-    # Live members (unexpired), by joined_at then nonce; None for a key not watched.
-    members: tuple[CoordMember, ...] | None = None
-
-
-@dataclass(frozen=True)
-class CoordSlot:
-    """Index `index` of generation `generation` of a worker key, held like a lease."""
-
-    worker_key: str
-    index: int
-    generation: int
-    holder: Holder
-    expires_at: float  # database time; renewed by node_sync while the child runs
-
-
-@dataclass(frozen=True)
-class CoordAssigned:
-    """One member of a published generation and its index (None: it stands by)."""
-
-    holder: Holder
-    index: int | None
-
-
-@dataclass(frozen=True)
-class CoordStatus:
-    """A coordinated worker key as anyone sees it (for `supervisor status`)."""
-
-    worker_key: str
-    db_now: float  # the database's clock when read: what `expires_at`s compare with
-    generation: int  # 0 while none is published
-    count: int
-    published_at: float | None
-    assigned: tuple[CoordAssigned, ...]  # the current generation's members, in order
-    members: tuple[CoordMember, ...]  # live members, by joined_at then nonce
-    slots: tuple[CoordSlot, ...]  # slots with a holder (expired ones too), by index
-
-
-@dataclass(frozen=True)
-class CoordGeneration:
-    """One published generation of a worker key, from publish to the next one."""
-
-    worker_key: str
-    generation: int
-    count: int
-    members: tuple[Holder, ...]
-    published_at: float
-    ended_at: float | None  # when the next generation was published; None while current
-    indexes: tuple[int | None, ...] = ()  # members[i] had index indexes[i]; None: standby
-
-    def index_of(self, position: int) -> int | None:
-        if self.indexes:
-            return self.indexes[position]
-        return position if position < self.count else None  # the default assignment
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    db_now: float  # the database's clock during the transaction
-    kept: dict[str, Lease] = field(default_factory=dict)  # held leases, renewed
-    lost: tuple[str, ...] = ()  # held leases that could not be renewed
-    acquired: dict[str, Lease] = field(default_factory=dict)  # wanted leases now held
-    runs_kept: dict[int, CronRun] = field(default_factory=dict)  # cron runs renewed, by token
-    runs_lost: tuple[int, ...] = ()  # cron runs that could not be renewed (expired or ended)
-    # Renewed runs a later tick replaces (overlap = replace): the holder stops their
-    # children and ends them with cron_finish(..., "stopped"); until then they stay
-    # running (and renewed), or expire and are marked lost by maintain.
-    runs_stop: tuple[int, ...] = ()
-    coord: dict[str, CoordView] = field(default_factory=dict)  # per key of coord_members
-    slots_kept: dict[tuple[str, int], CoordSlot] = field(default_factory=dict)  # renewed
-    slots_lost: tuple[tuple[str, int], ...] = ()  # (worker_key, index) no longer held
-    # Parts the database refused because of a row (a constraint, a value out of range),
-    # left out so that the rest went through; their leases, runs and slots are also in
-    # `lost`, `runs_lost` and `slots_lost` (or simply not acquired).
-    refused: tuple[SyncRefusal, ...] = ()
-
-
-@dataclass(frozen=True)
-class SyncRefusal:
-    """One part of a node's sync that the database refused because of a row, not because
-    it could not be reached: the part is rolled back alone, the rest of the sync commits."""
-
-    kind: str  # "lease" (held or wanted), "run" (a cron run), "coord" (a coordinated key)
-    key: str  # the lease name, the run's token, the worker key
-    reason: str  # the database's words (a constraint, a value): never the URL or password
 
 
 class CoordinationStore(Protocol):
@@ -515,3 +297,26 @@ class CoordinationStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+__all__ = [
+    "ClaimOutcome",
+    "CoordAssigned",
+    "CoordGeneration",
+    "CoordMember",
+    "CoordSlot",
+    "CoordStatus",
+    "CoordView",
+    "CoordinationStore",
+    "CronRecorded",
+    "CronRun",
+    "CronRunRecord",
+    "Holder",
+    "Lease",
+    "LeaseState",
+    "Member",
+    "NodeFacts",
+    "SyncRefusal",
+    "SyncResult",
+    "TermRecord",
+]
