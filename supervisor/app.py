@@ -1,8 +1,9 @@
 """The Supervisor: wires each worker to its mode and a runner, and obeys signals.
 
-One asyncio loop, one root TaskGroup. Each worker has a `WorkerSupervisor` task
-that asks its mode for a grant, runs the child while the grant holds, and
-restarts it under the worker's policy. Stopping is a request (an Event) first;
+One asyncio loop, one root TaskGroup. Each worker has a task (supervisor/workers/:
+a `WorkerSupervisor`, or a `CronSupervisor` for cron workers) that asks its mode for
+a grant, runs the child while the grant holds, and restarts it under the worker's
+policy. Stopping is a request (an Event) first;
 cancellation second; cleanup is shielded and bounded. Everything that happens is
 published as an event (see `supervisor.model`) for logs and metrics.
 
@@ -30,29 +31,26 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from supervisor.child import NOT_STARTED, REVOKED, STOPPED, TRUST, ChildRunner
-from supervisor.coordination import EveryNode, Grant, WorkerMode
+from supervisor.coordination import EveryNode, WorkerMode
 from supervisor.coordination.coordinated import CoordinatedMode
 from supervisor.coordination.cron import CronMode
 from supervisor.coordination.leader import LeaderMode, LeaseKeeper, new_holder
-from supervisor.cronjob import CronSupervisor
 from supervisor.errors import ConfigError, ConfigIssue
 from supervisor.model import (
     ConfigRejected,
     ConfigReloaded,
     Event,
     Mode,
-    RestartScheduled,
-    WorkerGaveUp,
     WorkerState,
     coord_key,
     lease_name,
 )
-from supervisor.policy import RestartTracker
 from supervisor.processes import reap_orphans
-from supervisor.runner import capture, first_of, unless_stopped
+from supervisor.runner import capture
 from supervisor.spec import NodeSpec, WorkerSpec, node_from_plain
 from supervisor.watchdog_client import TrustWatchdog
+from supervisor.workers.cronjob import CronSupervisor
+from supervisor.workers.long_running import WorkerSupervisor
 
 log = logging.getLogger("supervisor")
 
@@ -92,125 +90,6 @@ def load_spec(config_path: Path) -> NodeSpec:
 async def load_spec_async(config_path: Path, environ: Mapping[str, str]) -> NodeSpec:
     returncode, stdout, stderr = await capture(validator_argv(config_path), environ)
     return parse_validation(str(config_path), returncode, stdout, stderr)
-
-
-class WorkerSupervisor:
-    """Runs one long-running worker: grant, child, restart; stops when asked.
-
-    The child itself is started, watched and stopped by the one child path
-    (supervisor.child); this class adds the grant loop and the restart policy."""
-
-    def __init__(
-        self,
-        name: str,
-        config: WorkerSpec,
-        settings: NodeSpec,
-        *,
-        mode: WorkerMode,
-        publish: Publish,
-        watchdog: TrustWatchdog | None,
-        base_dir: Path,
-        environ: Mapping[str, str],
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._state = WorkerState.WAITING
-        self._mode = mode
-        self._publish = publish
-        self._stop = asyncio.Event()
-        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
-                                  publish=publish, watchdog=watchdog, stop=self._stop)
-        self._tracker = RestartTracker(
-            config.restart, config.backoff, config.max_restarts, config.restart_window
-        )
-        self._trust_lost = False
-
-    @property
-    def state(self) -> WorkerState:
-        return WorkerState.RUNNING if self._child.procs else self._state
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def kill_now(self) -> None:
-        """Escalation: SIGKILL the running child's group without waiting."""
-        self._stop.set()
-        self._child.kill_now()
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    def forward(self, sig: signal.Signals) -> None:
-        self._child.forward(sig)
-
-    async def run(self) -> WorkerState:
-        while not self._stop.is_set():
-            grant = await unless_stopped(self._stop, self._mode.acquire())
-            if grant is None:
-                break
-            done = False
-            try:
-                done = await self._run_granted(grant)
-            finally:
-                await asyncio.shield(self._mode.release(grant, self._release_reason(grant)))
-            if done:
-                break
-        if self._state not in (WorkerState.EXITED, WorkerState.FAILED):
-            self._state = WorkerState.STOPPED
-        close = getattr(self._mode, "close", None)
-        if close is not None:
-            await asyncio.shield(close())
-        return self._state
-
-    def _release_reason(self, grant: Grant) -> str:
-        if self._state is WorkerState.FAILED:
-            return "the worker kept failing (max_restarts)"
-        if self._state is WorkerState.EXITED:
-            return "the worker exited"
-        if grant.revoked.is_set():
-            return "lost the lease"
-        if self._trust_lost:
-            return "its trust deadline passed before a renewal was heard"
-        return "supervisor stopped" if self._stop.is_set() else "stopped"
-
-    async def _run_granted(self, grant: Grant) -> bool:
-        """Run and restart the child while the grant holds; True when the worker is done."""
-        self._trust_lost = False
-        while True:
-            end = await self._child.run(grant)
-            if end.cause in (NOT_STARTED, STOPPED, REVOKED, TRUST):
-                self._trust_lost = end.cause == TRUST
-                return self._stop.is_set()
-            success = end.status is not None and end.status.success
-            now = asyncio.get_running_loop().time()
-            decision = self._tracker.on_exit(success=success, uptime=end.uptime, now=now)
-            if decision.give_up:
-                self._state = WorkerState.FAILED
-                self._publish(WorkerGaveUp(
-                    self.name, self.config.max_restarts, self.config.restart_window,
-                    self.config.critical,
-                ))
-                return True
-            if not decision.restart:
-                self._state = WorkerState.EXITED
-                return True
-            self._state = WorkerState.BACKOFF
-            self._publish(RestartScheduled(self.name, decision.delay, decision.attempt))
-            if await self._interrupted(grant, decision.delay):
-                return self._stop.is_set()
-
-    async def _interrupted(self, grant: Grant, delay: float) -> bool:
-        """Wait out a backoff delay; True if a stop or revocation came first. (A trust
-        that runs out meanwhile is checked by the child path before the restart.)"""
-        if self._stop.is_set() or grant.revoked.is_set():
-            return True
-        try:
-            async with asyncio.timeout(delay):
-                await first_of(self._stop.wait(), grant.revoked.wait())
-        except TimeoutError:
-            return False
-        return True
 
 
 class Supervisor:

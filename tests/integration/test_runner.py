@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.app import WorkerState, WorkerSupervisor
 from supervisor.clock import boottime
 from supervisor.coordination import Grant
 from supervisor.errors import SpawnError
-from supervisor.model import ExitReason, Mode, WorkerExited, WorkerStarted
+from supervisor.model import ExitReason, Mode, WorkerExited, WorkerStarted, WorkerState
 from supervisor.runner import ProcessSpec, spawn
 from supervisor.spec import NodeSpec, WorkerSpec
 from supervisor.watchdog_client import TrustWatchdog
+from supervisor.workers.long_running import WorkerSupervisor
 from tests.conftest import PYTHON, WORKERS, pid_alive, wait_until
 
 Lines = list[tuple[str, str]]

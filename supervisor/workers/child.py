@@ -1,5 +1,5 @@
 """One child path for every kind of worker: spawn under a grant, watch, stop by the
-earliest deadline. Long-running workers (app.WorkerSupervisor) and cron runs
+earliest deadline. Long-running workers (workers.long_running) and cron runs
 (cronjob.CronSupervisor) both start, watch and stop their children here, and build
 their process specs with `process_spec`.
 

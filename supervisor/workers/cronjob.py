@@ -22,7 +22,12 @@ import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from supervisor.child import (
+from supervisor.coordination.cron import CronMode, RunGrant
+from supervisor.model import CronRunEnded, Event, WorkerState
+from supervisor.runner import unless_stopped
+from supervisor.spec import NodeSpec, WorkerSpec
+from supervisor.watchdog_client import TrustWatchdog
+from supervisor.workers.child import (
     EXITED,
     NOT_STARTED,
     SPAWN_FAILED,
@@ -31,18 +36,13 @@ from supervisor.child import (
     ChildEnd,
     ChildRunner,
 )
-from supervisor.coordination.cron import CronMode, RunGrant
-from supervisor.model import CronRunEnded, Event, WorkerState
-from supervisor.runner import unless_stopped
-from supervisor.spec import NodeSpec, WorkerSpec
-from supervisor.watchdog_client import TrustWatchdog
 
 log = logging.getLogger("supervisor")
 
 
 class CronSupervisor:
     """The cron counterpart of WorkerSupervisor, with the same face for the Supervisor;
-    its runs go through the same child path (supervisor.child)."""
+    its runs go through the same child path (supervisor.workers.child)."""
 
     def __init__(
         self,
