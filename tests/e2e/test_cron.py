@@ -232,7 +232,7 @@ CATCH_UP = [
 ]
 
 
-@pytest.mark.serial  # the nodes must be back within one 2 s tick of their restart
+@pytest.mark.serial  # many short waits against a 2 s tick
 @pytest.mark.parametrize(("database_backend", "catch_up"), CATCH_UP)
 def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up: str) -> None:
     period, grace = 2.0, 5.0
@@ -242,10 +242,11 @@ def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up:
     wait_for_runs(fleet, 2, timeout=20)
     for node in fleet.nodes.values():
         assert node.terminate() == 0
-    last_before = max(r.tick for r in fleet.history() if r.slot >= 0)
+    before = fleet.history()
+    last_before = max(r.tick for r in before if r.slot >= 0)
+    last_token = max(r.token for r in before)
     # The scenario: every node stays down across several ticks (a duration, not a wait
-    # for something), and comes back just after a tick, so that the latest tick due
-    # when the nodes look back is the last one of the downtime.
+    # for something), and comes back just after a tick.
     time.sleep(9.0)
     time.sleep(period - time.time() % period + 0.05)
     restart = time.time()
@@ -253,14 +254,31 @@ def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up:
         node.start()
     for node in fleet.nodes.values():
         node.wait_started()
-    downtime = range_ticks(last_before, restart, period)
-    assert len(downtime) >= 5, downtime
 
     def recorded() -> dict[float, list[CronRunRecord]]:
         rows: dict[float, list[CronRunRecord]] = defaultdict(list)
         for row in fleet.history():
             rows[row.tick].append(row)
         return rows
+
+    def first_claim() -> CronRunRecord | None:
+        after = [r for r in fleet.history() if r.slot >= 0 and r.token > last_token]
+        return min(after, key=lambda r: r.token) if after else None
+
+    # Judged from the moment the nodes looked back, which is their first claim: how long
+    # a supervisor takes to start, connect and measure the database's clock is load, not
+    # the rule (2 to 6 s on a loaded 2-core machine), and with catch_up = none nothing
+    # from before the restart may run, whenever they were back.
+    if catch_up == "none":
+        downtime = range_ticks(last_before, restart, period)
+    else:
+        wait_until(lambda: first_claim() is not None, 30.0, "a claim after the restart")
+        first = first_claim()
+        assert first is not None
+        # latest: ticks up to the one it caught up; all: every tick due when it looked back
+        end = first.tick if catch_up == "latest" else first.claimed_at
+        downtime = range_ticks(last_before, end, period)
+    assert len(downtime) >= 4, downtime
 
     # nothing is lost: every tick of the downtime gets a record, a run or a miss (a miss
     # still in grace is written once its grace has ended)
@@ -279,8 +297,11 @@ def test_ticks_missed_while_every_node_was_down(make_fleet: MakeFleet, catch_up:
         assert ran == [], report
     elif catch_up == "latest":
         assert ran == [downtime[-1]], report
-    else:  # every tick still in grace when the nodes were back (with 2 s of start-up)
-        assert {t for t in downtime if t + grace > restart + SLACK} <= set(ran), report
+        # and it was the latest tick due when it was claimed, not an older one in grace
+        assert first.claimed_at < first.tick + period + 0.5, (first, report)
+    else:  # every tick still in grace when the nodes looked back
+        looked = first.claimed_at
+        assert {t for t in downtime if t + grace > looked + SLACK} <= set(ran), report
         assert len(ran) >= 2, report
     assert_at_most(starts_by_tick(fleet.runs()), 1, report)
 
