@@ -83,15 +83,14 @@ class MemoryStore:
 
     def lease_ensure(self, names: Sequence[str], *, now: float | None = None) -> None:
         with self._lock:
-            self._leases.ensure(names, self._at(now))
+            self._leases.ensure(names)
 
     def lease_acquire(
         self, name: str, holder: Holder, ttl: float, *, now: float | None = None
     ) -> Lease | None:
         with self._lock:
-            clock = self._at(now)
-            self._leases.ensure([name], clock)
-            return self._leases.acquire([name], holder, ttl, clock).get(name)
+            self._leases.ensure([name])
+            return self._leases.acquire([name], holder, ttl, self._at(now)).get(name)
 
     def lease_renew(self, lease: Lease, ttl: float, *, now: float | None = None) -> Lease | None:
         with self._lock:

@@ -33,7 +33,6 @@ _REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> 
 
 @dataclass
 class RunRow:
-    token: int
     worker: str
     tick: float
     slot: int  # -1: a tick-level record
@@ -46,6 +45,7 @@ class RunRow:
     exit_code: int | None = None
     reason: str | None = None
     stop_requested: bool = False
+    token: int = 0  # given on insert
 
 
 class CronTables:
@@ -94,15 +94,13 @@ class CronTables:
         slot = next((s for s in range(max_run) if s not in taken), None)
         if node_slot is None or slot is None:
             return None
-        row = self._insert(worker, tick, slot, RUNNING, clock, holder=bare(holder),
-                           node_slot=node_slot, expires_at=clock + ttl)
+        row = self._insert(RunRow(worker, tick, slot, RUNNING, clock, bare(holder),
+                                  node_slot, expires_at=clock + ttl))
         return CronRun(row.token, worker, tick, slot, holder, row.expires_at)
 
-    def _insert(self, worker: str, tick: float, slot: int, state: str, clock: float,
-                **values: object) -> RunRow:
-        row = RunRow(self._next_token, worker, tick, slot, state, clock)
-        for name, value in values.items():
-            setattr(row, name, value)
+    def _insert(self, row: RunRow) -> RunRow:
+        """Insert `row` with the next token: tokens only grow, whatever was pruned."""
+        row.token = self._next_token
         self.rows[row.token] = row
         self._next_token += 1
         return row
@@ -133,8 +131,8 @@ class CronTables:
         """A tick-level record, once per tick and never beside a run; True if written."""
         if self._tick_state(worker, tick) is not None or self._runs_of(worker, tick):
             return False
-        self._insert(worker, tick, -1, state, clock, reason=reason[:REASON_MAX],
-                     ended_at=clock)
+        self._insert(RunRow(worker, tick, -1, state, clock, ended_at=clock,
+                            reason=reason[:REASON_MAX]))
         return True
 
     def record_missed(self, worker: str, ticks: Sequence[float], grace: float, reason: str,

@@ -4,10 +4,11 @@ Mirrors `SqlStore` (store/sql.py) row for row, without SQL. Every method runs un
 MemoryStore's one lock and gets the time it decides by (`clock`) from there, so each call
 is one atomic step, as one transaction is on a database. Invariants kept here:
 
-- a term only grows: granted one above both the row's and the highest the history
-  records for the lease; a row restored by `ensure` keeps its last term;
-- a lease is free when it has no holder or `expires_at <= clock`; a row `ensure`
-  restored with its last holder (not yet renewed since) stays held one TTL more;
+- a term only grows: granted one above the row's. Rows here are never deleted or set
+  back (nobody edits them by hand, and maintain keeps them), so the row's term is the
+  highest ever granted, and SqlStore's restoring of vanished rows from the history
+  has nothing to do;
+- a lease is free when it has no holder or `expires_at <= clock`;
 - renew and release are scoped to name, term and holder, and only while unexpired;
 - the newest term of a lease is never pruned.
 """
@@ -39,9 +40,6 @@ class LeaseRow:
     term: int = 0
     holder: Holder | None = None
     expires_at: float = 0.0
-    acquired_at: float | None = None
-    renewed_at: float | None = None
-    restored: bool = False  # put back by `ensure` with its last holder, not renewed since
 
 
 @dataclass
@@ -75,21 +73,10 @@ class LeaseTables:
 
     # --- leases ----------------------------------------------------------------------------
 
-    def ensure(self, names: Sequence[str], clock: float) -> None:
-        """Create the missing rows free at term 0; a row with terms in the history comes
-        back at its last term, held by that term's holder unless it was released."""
+    def ensure(self, names: Sequence[str]) -> None:
+        """Create the missing rows, free at term 0."""
         for name in names:
-            if name in self.rows:
-                continue
-            row = LeaseRow(name)
-            last = self._last_term(name)
-            if last is not None:
-                row.term = last.term
-                if last.outcome != "released":  # it may still run: its renewal fails first
-                    row.holder, row.acquired_at = last.holder, last.acquired_at
-                    row.renewed_at = row.expires_at = clock
-                    row.restored = True
-            self.rows[name] = row
+            self.rows.setdefault(name, LeaseRow(name))
 
     def acquire(self, names: Sequence[str], holder: Holder, ttl: float,
                 clock: float) -> dict[str, Lease]:
@@ -97,23 +84,13 @@ class LeaseTables:
         won: dict[str, Lease] = {}
         for name in dict.fromkeys(names):
             row = self.rows.get(name)
-            if row is None or not self._free(row, ttl, clock):
+            if row is None or (row.holder is not None and row.expires_at > clock):
                 continue
-            last = self._last_term(name)
-            row.term = max(row.term, 0 if last is None else last.term) + 1
-            row.holder, row.restored = bare(holder), False
-            row.acquired_at = row.renewed_at = clock
-            row.expires_at = clock + ttl
+            row.term += 1
+            row.holder, row.expires_at = bare(holder), clock + ttl
             won[name] = Lease(name, holder, row.term, row.expires_at)
             self._record_term(name, row.term, holder, clock)
         return won
-
-    @staticmethod
-    def _free(row: LeaseRow, ttl: float, clock: float) -> bool:
-        if row.holder is None:
-            return True
-        restored_over = not row.restored or (row.renewed_at or 0.0) + ttl <= clock
-        return row.expires_at <= clock and restored_over
 
     def _record_term(self, name: str, term: int, holder: Holder, clock: float) -> None:
         for record in self.terms:
@@ -122,10 +99,6 @@ class LeaseTables:
                 record.reason = "lease expired"
         self.terms.append(TermRow(self._next_term_id, name, term, bare(holder), clock))
         self._next_term_id += 1
-
-    def _last_term(self, name: str) -> TermRow | None:
-        return max((r for r in self.terms if r.lease == name), key=lambda r: r.term,
-                   default=None)
 
     def renew(self, holder: Holder, held: dict[str, int], ttl: float,
               clock: float) -> dict[str, Lease]:
@@ -136,7 +109,7 @@ class LeaseTables:
             if (row is None or row.term != term or row.holder is None
                     or row.holder.nonce != holder.nonce or row.expires_at <= clock):
                 continue
-            row.renewed_at, row.expires_at, row.restored = clock, clock + ttl, False
+            row.expires_at = clock + ttl
             kept[name] = Lease(name, holder, row.term, row.expires_at)
         return kept
 
@@ -145,7 +118,7 @@ class LeaseTables:
         if (row is None or row.term != lease.term or row.holder is None
                 or row.holder.nonce != lease.holder.nonce or row.expires_at <= clock):
             return False
-        row.holder, row.expires_at, row.restored = None, clock, False
+        row.holder, row.expires_at = None, clock
         for record in self.terms:
             if record.lease == lease.name and record.term == lease.term \
                     and record.ended_at is None:
