@@ -3,7 +3,8 @@
 Each test gets its own empty database (tests/databases.py) and talks to SqlStore through the
 protocol only. Time is pinned with `now=` wherever expiry matters, so nothing sleeps; races
 run as competing processes (tests/integration/store_race.py) started together behind a
-barrier, and must yield exactly one winner.
+barrier, and must yield exactly one winner. Every test that needs no real database (it asks
+only for `store`) runs on MemoryStore too, as backend "memory" (conftest.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from supervisor.store.sql import SqlStore
 from tests.databases import require_backend
 from tests.integration import store_race
 from tests.integration.stores import approx, make_holder
+
+pytestmark = pytest.mark.conformance  # tests using only `store` run on MemoryStore too
 
 NOW = 1_800_000_000.0  # a pinned database time, epoch seconds
 TTL = 10.0
@@ -348,6 +351,7 @@ def test_a_second_heartbeat_extends_membership_and_keeps_the_start_time(store, a
     assert member.expires_at == approx(NOW + 15)
 
 
+@pytest.mark.sql_only  # counts rows in the members table itself
 def test_maintain_deletes_the_rows_of_nodes_that_stopped_heartbeating(store, a, b):
     """Killed nodes never leave: their rows go in upkeep, so the table holds live nodes
     only (which is what lets heartbeats do without an index on expires_at)."""

@@ -38,6 +38,8 @@ from tests.integration.stores import approx, make_holder
 from tests.integration.test_store import run_contenders
 from tests.integration.test_store_cron import finished, in_thread, migrate, paused
 
+pytestmark = pytest.mark.conformance  # tests using only `store` run on MemoryStore too
+
 NOW = 1_800_000_000.0  # a pinned database time, epoch seconds
 TTL = 10.0
 W = "indexer"
@@ -561,6 +563,7 @@ def statements(store: SqlStore) -> Iterator[list[str]]:
         event.remove(store.engine, "before_cursor_execute", count)
 
 
+@pytest.mark.sql_only  # counts the SQL statements SqlStore's engine sends
 def test_node_sync_costs_the_same_few_statements_for_one_key_or_twelve(store, statements):
     holders = [make_holder(f"node-{i}") for i in range(3)]
     keys = [f"worker-{i}" for i in range(12)]

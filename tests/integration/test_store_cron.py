@@ -29,6 +29,8 @@ from tests.integration import cron_race
 from tests.integration.stores import EPS, approx, make_holder
 from tests.integration.test_store import run_contenders
 
+pytestmark = pytest.mark.conformance  # tests using only `store` run on MemoryStore too
+
 NOW = 1_800_000_000.0  # a pinned database time, epoch seconds
 T = NOW  # the tick under test: due exactly at NOW
 PERIOD = 60.0  # the schedule's period, for "the next tick"

@@ -1,6 +1,6 @@
 """The publisher's stable window (CoordinatedMode._maybe_publish) against a scripted
-keeper: a membership change must stay unchanged for `stable_window` before anything is
-published, however the change reaches the publisher."""
+keeper over a MemoryStore: a membership change must stay unchanged for `stable_window`
+before anything is published, however the change reaches the publisher."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from typing import Any
 
 from supervisor.coordination.coordinated import CoordinatedMode
 from supervisor.store import CoordMember, CoordStatus, CoordView, Holder
+from supervisor.store.memory import MemoryStore
 
 A, B, C, D = (Holder(f"node-{n}", "g", n, f"nonce-{n}") for n in "abcd")
 WINDOW = 1.0
+NOW = 100.0  # the store's clock, pinned
+TTL = 1e12  # memberships that outlive every test
 
 
 def members(*holders: Holder) -> tuple[CoordMember, ...]:
@@ -23,16 +26,18 @@ def view(*holders: Holder) -> CoordView:
     return CoordView("w", 1, 3, 0, 0.0, members(*holders))
 
 
-def status(*holders: Holder) -> CoordStatus:
-    return CoordStatus("w", 0.0, 1, 3, 0.0, (), members(*holders), ())
-
-
 class Keeper:
-    """What _maybe_publish uses of LeaseKeeper: call() on the store; during the fresh
-    read (coord_view) it can run `meanwhile`, as a node_sync landing then would."""
+    """What _maybe_publish uses of LeaseKeeper: call() on the store, a MemoryStore in
+    which `live` joined key "w" in that order and generation 1 (count 3, nobody
+    assigned) stands. During the fresh read (coord_view) it can run `meanwhile`, as a
+    node_sync landing then would; it logs what is published."""
 
-    def __init__(self, fresh: CoordStatus) -> None:
-        self.fresh = fresh
+    def __init__(self, *live: Holder) -> None:
+        self.memory = MemoryStore(clock=lambda: NOW)
+        for joined, holder in enumerate(live):
+            self.memory.node_sync(holder, held=[], wanted=[], ttl=TTL, coord_members=["w"],
+                                  now=float(joined))
+        self.memory.coord_publish("w", expected=0, members=[], count=3, now=0.0)
         self.meanwhile: Callable[[], None] | None = None
         self.published: list[dict[str, Any]] = []
         self.store = self
@@ -40,11 +45,11 @@ class Keeper:
     def coord_view(self, key: str) -> CoordStatus:
         if self.meanwhile is not None:
             self.meanwhile()
-        return self.fresh
+        return self.memory.coord_view(key)
 
-    def coord_publish(self, key: str, **kwargs: Any) -> int:
+    def coord_publish(self, key: str, **kwargs: Any) -> int | None:
         self.published.append(kwargs)
-        return 2
+        return self.memory.coord_publish(key, **kwargs)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -60,7 +65,7 @@ async def publisher_with_stable(keeper: Keeper, *holders: Holder) -> Coordinated
 
 def test_a_change_a_sync_sees_during_the_fresh_read_restarts_the_window() -> None:
     async def main() -> list[dict[str, Any]]:
-        keeper = Keeper(status(A, B, C, D))
+        keeper = Keeper(A, B, C, D)
         mode = await publisher_with_stable(keeper, A, B, C)
         keeper.meanwhile = lambda: mode._on_view(view(A, B, C, D), 0.0)  # D joins
         await mode._maybe_publish()
@@ -71,7 +76,7 @@ def test_a_change_a_sync_sees_during_the_fresh_read_restarts_the_window() -> Non
 
 def test_a_change_only_the_fresh_read_sees_restarts_the_window() -> None:
     async def main() -> list[dict[str, Any]]:
-        keeper = Keeper(status(A, B, C, D))
+        keeper = Keeper(A, B, C, D)
         mode = await publisher_with_stable(keeper, A, B, C)
         await mode._maybe_publish()
         return keeper.published
@@ -81,7 +86,7 @@ def test_a_change_only_the_fresh_read_sees_restarts_the_window() -> None:
 
 def test_a_membership_stable_for_the_window_is_published() -> None:
     async def main() -> list[dict[str, Any]]:
-        keeper = Keeper(status(A, B, C, D))
+        keeper = Keeper(A, B, C, D)
         mode = await publisher_with_stable(keeper, A, B, C, D)
         await mode._maybe_publish()
         return keeper.published

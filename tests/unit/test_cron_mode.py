@@ -5,8 +5,9 @@ minutes of schedule pass in milliseconds and every instant is exact. Store calls
 the loop (no threads), so nothing happens outside that clock. The database clock is the
 loop's clock plus an offset each test picks; the node's wall clock is never consulted.
 
-The store mirrors the contracts of supervisor.store (and supervisor.store.sql_cron) for
-the calls cron mode makes; it also logs every call with the database time it arrived.
+The store is supervisor.store.memory's MemoryStore, which passes the store conformance
+suite, wrapped to log every call with the database time it arrived and to fail or hang
+calls on cue.
 """
 
 from __future__ import annotations
@@ -25,14 +26,7 @@ from supervisor.coordination.leader import LeaseKeeper
 from supervisor.errors import StoreUnavailable
 from supervisor.model import CronClaimed, Event, Mode
 from supervisor.spec import CoordinationSpec, WorkerSpec
-from supervisor.store import (
-    ClaimOutcome,
-    CronRecorded,
-    CronRun,
-    Holder,
-    Lease,
-    SyncResult,
-)
+from supervisor.store import ClaimOutcome, CronRunRecord, Holder, SyncResult, memory
 from tests.support.clocks import VirtualClockLoop, run_virtual
 
 ME = Holder("n1", "g", 1, "nonce-1")
@@ -58,19 +52,6 @@ class InlineKeeper(LeaseKeeper):
 
 
 @dataclass
-class Row:
-    token: int
-    worker: str
-    tick: float
-    slot: int  # -1: a tick-level record (missed, skipped)
-    holder: Holder | None
-    state: str
-    expires_at: float = 0.0
-    exit_code: int | None = None
-    reason: str | None = None
-
-
-@dataclass
 class Call:
     name: str
     db_time: float  # when the call reached the database
@@ -78,7 +59,9 @@ class Call:
 
 
 class MemoryStore:
-    """The cron side of the coordination store, in memory, on the loop's clock + offset."""
+    """The real MemoryStore (supervisor.store.memory) on the loop's clock + offset, with
+    scripted failures and latency; it logs every call with the database time it arrived,
+    and what cron mode asked and got."""
 
     def __init__(self) -> None:
         self.offset = 0.0  # database clock minus the loop's
@@ -87,13 +70,16 @@ class MemoryStore:
         self.failing: dict[str, int] = {}  # call name -> how many more of its calls fail
         self.hang_at: dict[str, int] = {}  # call name -> the (1-based) call that never answers
         self.hung = asyncio.Event()
-        self.rows: list[Row] = []
         self.calls: list[Call] = []
         self.claims: list[tuple[float, float, str]] = []  # (tick, database time, result)
         self.missed: list[tuple[float, list[float], list[float]]] = []  # (time, asked, recorded)
         self.synced: list[tuple[int, ...]] = []  # the run tokens each sync renewed
-        self._token = 100
+        self.memory = memory.MemoryStore(clock=self.now)
         self._changed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        """The rest of the protocol, unlogged beyond `perform`: the memory store's."""
+        return getattr(self.memory, name)
 
     def now(self) -> float:
         return asyncio.get_running_loop().time() + self.offset
@@ -126,9 +112,29 @@ class MemoryStore:
         await asyncio.sleep(self.latency / 2)
         return result
 
-    def seed(self, tick: float, state: str = "succeeded", holder: Holder = OTHER) -> None:
-        self._token += 1
-        self.rows.append(Row(self._token, WORKER, tick, 0, holder, state))
+    def seed(self, tick: float, state: str = "succeeded", holder: Holder = OTHER,
+             expires_at: float | None = None) -> None:
+        """A run of `tick` in slot 0 by `holder`, claimed at the tick: ended in `state`,
+        or running until `expires_at`."""
+        ttl = 1.0 if expires_at is None else expires_at - tick
+        outcome = self.memory.cron_claim(WORKER, tick, holder=holder, max_run=1, ttl=ttl,
+                                         grace=1.0, now=tick)
+        assert outcome.run is not None, outcome
+        if state != "running":
+            self.memory.cron_finish(outcome.run, state, now=tick)
+
+    @property
+    def rows(self) -> list[CronRunRecord]:
+        return self.memory.cron_runs(limit=10**6)
+
+    def row(self, token: int) -> CronRunRecord:
+        (found,) = [r for r in self.rows if r.token == token]
+        return found
+
+    def lose(self) -> None:
+        """Maintain marks the running runs lost, as when their node stopped renewing them:
+        run at a time pinned past their expiry (nothing else here is judged by it)."""
+        self.memory.maintain(10**9, now=self.now() + 10**6)
 
     def attempts(self, name: str) -> list[float]:
         return [c.db_time for c in self.calls if c.name == name]
@@ -136,111 +142,23 @@ class MemoryStore:
     def missed_ticks(self) -> list[float]:
         return sorted(r.tick for r in self.rows if r.state == "missed")
 
-    # --- the protocol ---
+    # --- the calls cron mode makes, logged -------------------------------------------------
 
-    def upgrade(self) -> None: ...
+    def node_sync(self, holder: Holder, **kwargs: Any) -> SyncResult:
+        result = self.memory.node_sync(holder, **kwargs)
+        self.synced.append(tuple(sorted(result.runs_kept)))
+        return replace(result, db_now=result.db_now + self.sync_bias)
 
-    def schema_state(self) -> None: ...
-
-    def lease_ensure(self, names: Sequence[str]) -> None: ...
-
-    def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
-        return 0
-
-    def node_leave(self, holder: Holder) -> None: ...
-
-    def close(self) -> None: ...
-
-    def node_sync(self, holder: Holder, *, held: Sequence[Lease], wanted: Sequence[str],
-                  ttl: float, runs: Sequence[CronRun] = (),
-                  now: float | None = None) -> SyncResult:
-        db = self.now()
-        kept: dict[int, CronRun] = {}
-        lost: list[int] = []
-        for run_ in runs:
-            row = self._row(run_.token)
-            if (row is not None and row.state == "running" and row.expires_at > db
-                    and row.holder == holder):
-                row.expires_at = db + ttl
-                kept[run_.token] = replace(run_, expires_at=row.expires_at)
-            else:
-                lost.append(run_.token)
-        self.synced.append(tuple(sorted(kept)))
-        return SyncResult(db_now=db + self.sync_bias, runs_kept=kept, runs_lost=tuple(lost))
-
-    def cron_claim(self, worker: str, tick: float, *, holder: Holder, max_run: int,
-                   max_per_node: int = 1, ttl: float, grace: float,
-                   forbid_overlap: bool = False, replace_earlier: bool = False,
-                   now: float | None = None) -> ClaimOutcome:
-        db = self.now()
-        outcome = self._claim(worker, tick, holder, max_run, max_per_node, ttl, grace,
-                              forbid_overlap, db)
-        self.claims.append((tick, db, outcome.result))
+    def cron_claim(self, worker: str, tick: float, **kwargs: Any) -> ClaimOutcome:
+        outcome = self.memory.cron_claim(worker, tick, **kwargs)
+        self.claims.append((tick, self.now(), outcome.result))
         return outcome
 
-    def _claim(self, worker: str, tick: float, holder: Holder, max_run: int,
-               max_per_node: int, ttl: float, grace: float, forbid_overlap: bool,
-               db: float) -> ClaimOutcome:
-        if db < tick:
-            return ClaimOutcome("early")
-        if db >= tick + grace:
-            self._record_tick(worker, tick, "missed", "past misfire_grace")
-            return ClaimOutcome("missed")
-        decided = [r.state for r in self._of(worker, tick) if r.slot < 0]
-        if decided:
-            return ClaimOutcome("missed" if decided[0] == "missed" else "overlap")
-        if forbid_overlap and self.cron_earlier_running(worker, tick):
-            self._record_tick(worker, tick, "skipped", "overlap forbidden")
-            return ClaimOutcome("overlap")
-        runs = [r for r in self._of(worker, tick) if r.slot >= 0]
-        free = [s for s in range(max_run) if s not in {r.slot for r in runs}]
-        mine = [r for r in runs if r.holder is not None and r.holder.node_id == holder.node_id]
-        if not free or len(mine) >= max_per_node:
-            return ClaimOutcome("full")
-        self._token += 1
-        row = Row(self._token, worker, tick, free[0], holder, "running", expires_at=db + ttl)
-        self.rows.append(row)
-        return ClaimOutcome("acquired", CronRun(row.token, worker, tick, row.slot, holder,
-                                                row.expires_at))
-
-    def cron_earlier_running(self, worker: str, tick: float, *,
-                             now: float | None = None) -> int:
-        db = self.now()
-        return sum(1 for r in self.rows if r.worker == worker and r.tick < tick
-                   and r.state == "running" and r.expires_at > db)
-
-    def cron_recorded(self, worker: str, since: float) -> CronRecorded:
-        ticks = [r.tick for r in self.rows if r.worker == worker]
-        return CronRecorded(min(ticks, default=None), frozenset(t for t in ticks if t > since))
-
-    def cron_record_missed(self, worker: str, ticks: Sequence[float], *, grace: float,
-                           reason: str, now: float | None = None) -> list[float]:
-        db = self.now()
-        recorded = [t for t in sorted(set(ticks))
-                    if db >= t + grace and self._record_tick(worker, t, "missed", reason)]
-        self.missed.append((db, sorted(ticks), recorded))
+    def cron_record_missed(self, worker: str, ticks: Sequence[float],
+                           **kwargs: Any) -> list[float]:
+        recorded = self.memory.cron_record_missed(worker, ticks, **kwargs)
+        self.missed.append((self.now(), sorted(ticks), recorded))
         return recorded
-
-    def cron_finish(self, run_: CronRun, state: str, *, exit_code: int | None = None,
-                    reason: str | None = None, now: float | None = None) -> bool:
-        row = self._row(run_.token)
-        if row is None or row.state != "running" or row.holder != run_.holder:
-            return False
-        row.state, row.exit_code, row.reason = state, exit_code, reason
-        return True
-
-    def _row(self, token: int) -> Row | None:
-        return next((r for r in self.rows if r.token == token), None)
-
-    def _of(self, worker: str, tick: float) -> list[Row]:
-        return [r for r in self.rows if r.worker == worker and r.tick == tick]
-
-    def _record_tick(self, worker: str, tick: float, state: str, reason: str) -> bool:
-        if self._of(worker, tick):
-            return False  # one tick-level record per tick, never beside a run
-        self._token += 1
-        self.rows.append(Row(self._token, worker, tick, -1, None, state, reason=reason))
-        return True
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -442,7 +360,7 @@ def test_max_per_node_stops_claiming_when_the_tick_is_full() -> None:
         store = MemoryStore()
         n = await node(store, cron_spec(max_run=2, max_per_node=2), db_now=EPOCH + 4)
         await n.keeper.clock_ready()
-        store.rows.append(Row(1, WORKER, EPOCH + 10, 0, OTHER, "running", EPOCH + 100))
+        store.seed(EPOCH + 10, "running", expires_at=EPOCH + 100)
         grants = await n.next_runs()
         await n.stop()
         return store, grants
@@ -678,11 +596,11 @@ def test_finish_of_a_run_marked_lost_says_so_and_untracks_it() -> None:
         n = await node(store, cron_spec(), db_now=EPOCH + 4)
         (grant,) = await n.next_runs()
         (row,) = [r for r in store.rows if r.slot >= 0]
-        row.state = "lost"  # maintain marked it lost meanwhile
+        store.lose()  # maintain marked it lost meanwhile
         ok = await n.mode.finish(grant, "succeeded", 0, None)
         after = await n.next_sync()
         await n.stop()
-        return ok, after, (row.state,)
+        return ok, after, (store.row(row.token).state,)
 
     ok, after, state = run_virtual(main())
     assert not ok
