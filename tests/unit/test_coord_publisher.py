@@ -28,26 +28,22 @@ def status(*holders: Holder) -> CoordStatus:
 
 
 class Keeper:
-    """What _maybe_publish uses of LeaseKeeper: call() on the store; during the fresh
-    read (coord_view) it can run `meanwhile`, as a node_sync landing then would."""
+    """What _maybe_publish uses of its NodePort: coord_view and coord_publish; during the
+    fresh read (coord_view) it can run `meanwhile`, as a node_sync landing then would."""
 
     def __init__(self, fresh: CoordStatus) -> None:
         self.fresh = fresh
         self.meanwhile: Callable[[], None] | None = None
         self.published: list[dict[str, Any]] = []
-        self.store = self
 
-    def coord_view(self, key: str) -> CoordStatus:
+    async def coord_view(self, key: str) -> CoordStatus:
         if self.meanwhile is not None:
             self.meanwhile()
         return self.fresh
 
-    def coord_publish(self, key: str, **kwargs: Any) -> int:
+    async def coord_publish(self, key: str, **kwargs: Any) -> int:
         self.published.append(kwargs)
         return 2
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
 
 
 async def publisher_with_stable(keeper: Keeper, *holders: Holder) -> CoordinatedMode:
