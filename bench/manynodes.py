@@ -5,7 +5,7 @@
 A thousand real supervisor processes (about 60 MiB each) do not fit this machine, so this
 bench keeps the database side real and packs the nodes: --procs Python processes each run
 nodes/procs nodes in one event loop, and every node is the supervisor's own coordination
-core, unchanged: a `LeaseKeeper` with its one database lane on a `SqlStore` of its own (one
+core, unchanged: a `NodeSync` with its one database lane on a `SqlStore` of its own (one
 client connection each), the default timings (lease_ttl 10 s, renew_interval 1 s,
 renew_deadline 5 s), every node waiting for one global lease `leader/w` and one lease of
 its group `leader/g/<group>` (10 groups). Only the child processes are missing: a node
@@ -58,7 +58,8 @@ GROUPS = 10
 
 
 async def nodes_main(url: str, first: int, count: int) -> None:
-    from supervisor.coordination.leader import LeaderMode, LeaseKeeper, new_holder
+    from supervisor.coordination.leader import LeaderMode
+    from supervisor.coordination.node_sync import NodeSync, new_holder
     from supervisor.model import DatabaseCall, LeadershipGained, LeadershipLost, Mode
     from supervisor.spec import CoordinationSpec
     from supervisor.store.sql import SqlStore
@@ -69,7 +70,7 @@ async def nodes_main(url: str, first: int, count: int) -> None:
     failed = 0
     revoked = 0
     measuring = False
-    keepers: dict[str, tuple[LeaseKeeper, asyncio.Task[None], SqlStore]] = {}
+    keepers: dict[str, tuple[NodeSync, asyncio.Task[None], SqlStore]] = {}
     holding_global: list[str] = []
     waiting: list[asyncio.Task[Any]] = []
 
@@ -98,7 +99,7 @@ async def nodes_main(url: str, first: int, count: int) -> None:
         node = f"n{index:04d}"
         group = f"g{index % GROUPS}"
         store = SqlStore(url, timeout=timing.renew_deadline, listen_url="none")
-        keeper = LeaseKeeper(store, new_holder(node, group), timing, listener(node),
+        keeper = NodeSync(store, new_holder(node, group), timing, listener(node),
                              upgrade=False)
         task = asyncio.create_task(keeper.run())
         keepers[node] = (keeper, task, store)

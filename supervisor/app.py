@@ -34,7 +34,8 @@ from typing import Any
 from supervisor.coordination import EveryNode, WorkerMode
 from supervisor.coordination.coordinated import CoordinatedMode
 from supervisor.coordination.cron import CronMode
-from supervisor.coordination.leader import LeaderMode, LeaseKeeper, new_holder
+from supervisor.coordination.leader import LeaderMode
+from supervisor.coordination.node_sync import NodeSync, new_holder
 from supervisor.errors import ConfigError, ConfigIssue
 from supervisor.model import (
     ConfigRejected,
@@ -117,7 +118,7 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._reload_wanted = False  # a SIGHUP not yet applied: a burst makes one reload
         self._reloader: asyncio.Task[None] | None = None
-        self._keeper: LeaseKeeper | None = None
+        self._node_sync: NodeSync | None = None
 
     @property
     def workers(self) -> Mapping[str, WorkerSupervisor | CronSupervisor]:
@@ -141,7 +142,7 @@ class Supervisor:
                 await self._stopping.wait()
                 await self._cancel_reload()  # a stop wins over a pending or running reload
                 await self._stop_workers(list(self._workers))
-                await self._close_keeper()
+                await self._close_node_sync()
                 for task in sides:
                     task.cancel()
         finally:
@@ -160,53 +161,54 @@ class Supervisor:
     def _mode_for(self, name: str, config: WorkerSpec) -> WorkerMode:
         if config.mode is Mode.EVERY_NODE:
             return EveryNode()
-        keeper = self._ensure_keeper()
+        node = self._ensure_node_sync()
         if config.mode is Mode.COORDINATED:
             key = coord_key(name, config.scope, self.settings.group)
-            return CoordinatedMode(keeper, name, key, self.settings.group,
+            return CoordinatedMode(node, name, key, self.settings.group,
                                    instances=config.instances,
                                    stable_window=config.stable_window,
                                    publish=self._publish)
         lease = lease_name(name, config.mode, config.scope, self.settings.group)
-        return LeaderMode(keeper, config.mode, lease, name, self.settings.group)
+        return LeaderMode(node, config.mode, lease, name, self.settings.group)
 
     def _cron_worker(self, name: str, config: WorkerSpec) -> CronSupervisor:
-        mode = CronMode(self._ensure_keeper(), name, config, self._publish,
+        mode = CronMode(self._ensure_node_sync(), name, config, self._publish,
                         history_keep=self.settings.history.keep)
         return CronSupervisor(name, config, self.settings, mode=mode, publish=self._publish,
                               watchdog=self._watchdog, base_dir=self._base_dir,
                               environ=self._environ)
 
-    def _ensure_keeper(self) -> LeaseKeeper:
+    def _ensure_node_sync(self) -> NodeSync:
         """The node's coordination loop, started when the first worker needs the database."""
-        if self._keeper is None:
+        if self._node_sync is None:
             if self._group is None:
-                raise RuntimeError("the keeper starts only inside Supervisor.run()")
+                raise RuntimeError("the node sync starts only inside Supervisor.run()")
             from supervisor.store.sql import SqlStore  # the database stack, only when needed
 
             timing = self.settings.coordination
             store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline,
                              listen_url=self.settings.database_listen_url)
-            self._keeper = LeaseKeeper(
+            self._node_sync = NodeSync(
                 store, new_holder(self.settings.node_id, self.settings.group),
                 timing,
                 self._publish, history_keep=self.settings.history.keep,
             )
-            self._keeper_task = self._group.create_task(self._keeper.run(), name="keeper")
-        return self._keeper
+            self._node_sync_task = self._group.create_task(self._node_sync.run(),
+                                                           name="node-sync")
+        return self._node_sync
 
-    async def _close_keeper(self) -> None:
+    async def _close_node_sync(self) -> None:
         """After every child has stopped: release what is held, leave, stop the loop."""
-        if self._keeper is None:
+        if self._node_sync is None:
             return
-        self._keeper_task.cancel()
+        self._node_sync_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._keeper_task
-        await asyncio.shield(self._keeper.close())
+            await self._node_sync_task
+        await asyncio.shield(self._node_sync.close())
 
     def ready(self) -> bool:
         """For /readyz: true unless this node needs the database and cannot reach it."""
-        return self._keeper is None or self._keeper.ready()
+        return self._node_sync is None or self._node_sync.ready()
 
     def _start_worker(self, name: str, config: WorkerSpec) -> None:
         if self._group is None:

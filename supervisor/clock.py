@@ -10,8 +10,8 @@ Two local clocks, no more:
   stale renewal's deadline long past instead of trusting it. The trust watchdog
   (supervisor/watchdog.py, a separate process) kills by the same clock; it keeps its own
   copy of this function because it runs as `python -I -S` and imports the standard
-  library only. A trusted grant carries both: the loop instant for the keeper's timer,
-  the boot instant for the child path and the watchdog (coordination/leader.py, stamp()).
+  library only. A trusted grant carries both: the loop instant for the hold's timer,
+  the boot instant for the child path and the watchdog (coordination/hold.py, Stamp).
 
 Lease expiry is the database's clock, never a local one; the wall clock stamps logs only.
 """

@@ -14,6 +14,10 @@ generation stops its child and releases its slot, so no instance of the new gene
 starts while one of an older generation may still run; a member that died holds its
 slot until the slot expires (one lease TTL). A child that crashes is restarted under
 the restart policy with the same index, as long as the generation stands.
+
+The mode reaches the database only through its node (`port.NodePort`): the node sync
+renews the membership and the slot it holds, and revokes the slot's grant when the
+slot is lost or its trust runs out (hold.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from supervisor.coordination import Grant
-from supervisor.coordination.leader import LeaseKeeper
+from supervisor.coordination.port import NodePort
 from supervisor.errors import StoreError
 from supervisor.model import CoordinationSeen, Event, Mode, coord_lease
 from supervisor.store import CoordSlot, CoordStatus, CoordView, Holder
@@ -37,10 +41,10 @@ class CoordinatedMode:
 
     mode = Mode.COORDINATED
 
-    def __init__(self, keeper: LeaseKeeper, worker: str, key: str, group: str, *,
+    def __init__(self, node: NodePort, worker: str, key: str, group: str, *,
                  instances: int | None, stable_window: float,
                  publish: Callable[[Event], None]) -> None:
-        self._keeper = keeper
+        self._node = node
         self._publish = publish
         self._worker = worker
         self._key = key
@@ -76,29 +80,28 @@ class CoordinatedMode:
         self._grant = None
         if slot is None:
             return
-        self._keeper.untrack_slot(slot)
+        self._node.drop_slot(slot)
         try:
-            await self._keeper.call(self._keeper.store.coord_release_slot, slot, release=True)
+            await self._node.release_slot(slot)
         except StoreError as exc:
             log.warning("%s: could not release slot %d of generation %d (%s); it expires "
                         "by itself", self._worker, slot.index, slot.generation, exc)
 
     async def close(self) -> None:
         """The worker stops on this node for good: leave the membership."""
-        self._keeper.coord_leave(self._key)
+        self._node.coord_leave(self._key)
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
         with contextlib.suppress(StoreError):
-            await self._keeper.call(self._keeper.store.coord_leave, self._key,
-                                    self._keeper.holder, release=True)
+            await self._node.coord_remove(self._key)
 
     # --- membership and views --------------------------------------------------------------
 
     def _start(self) -> None:
         if self._publisher is None:
-            self._keeper.coord_join(self._key, self._on_view)
+            self._node.coord_join(self._key, self._on_view)
             self._publisher = asyncio.get_running_loop().create_task(
                 self._publish_while_leader(), name=f"coord-{self._worker}")
 
@@ -122,11 +125,9 @@ class CoordinatedMode:
 
     async def _try_slot(self, view: CoordView, index: int) -> Grant | None:
         """Take slot `index` (this member's in `view`) of the view's generation."""
-        sent = self._keeper.stamp()
+        sent = self._node.stamp()
         try:
-            slot = await self._keeper.call(
-                self._keeper.store.coord_acquire_slot, self._key, index,
-                view.generation, self._keeper.holder, self._keeper.timing.lease_ttl)
+            slot = await self._node.claim_slot(self._key, index, view.generation)
         except StoreError:
             return None
         if slot is None:
@@ -137,7 +138,7 @@ class CoordinatedMode:
             "SUPERVISOR_GENERATION": str(slot.generation),
         }, stop_grace=None)
         self._slot, self._grant, self._grant_generation = slot, grant, slot.generation
-        self._keeper.track_slot(slot, grant, sent)
+        self._node.keep_slot(slot, grant, sent)
         return grant
 
     # --- publishing --------------------------------------------------------------------------
@@ -145,18 +146,18 @@ class CoordinatedMode:
     async def _publish_while_leader(self) -> None:
         lease = coord_lease(self._key)
         while True:
-            grant = await self._keeper.wait_for(lease, self._worker, self._group)
-            self._keeper.coord_watch(self._key, True)
+            grant = await self._node.wait_for(lease, self._worker, self._group)
+            self._node.coord_watch(self._key, True)
             try:
                 while not grant.revoked.is_set():
                     await self._maybe_publish()
                     self._news.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._keeper.timing.renew_interval):
+                        async with asyncio.timeout(self._node.timing.renew_interval):
                             await _either(self._news, grant.revoked)
             finally:
-                self._keeper.coord_watch(self._key, False)
-                await asyncio.shield(self._keeper.give_up(lease, "coordination handed on"))
+                self._node.coord_watch(self._key, False)
+                await asyncio.shield(self._node.give_up(lease, "coordination handed on"))
 
     async def _maybe_publish(self) -> None:
         view = self._view
@@ -167,7 +168,7 @@ class CoordinatedMode:
         if loop.time() - since < self._stable_window:
             return  # membership is still moving: one rebalance for a burst, not one each
         try:
-            status = await self._keeper.call(self._keeper.store.coord_view, self._key)
+            status = await self._node.coord_view(self._key)
         except StoreError:
             return
         live = [m.holder for m in status.members]
@@ -189,9 +190,9 @@ class CoordinatedMode:
         self._judged = seen
         indexes, count = plan
         with contextlib.suppress(StoreError):
-            published = await self._keeper.call(
-                self._keeper.store.coord_publish, self._key, expected=status.generation,
-                members=live, indexes=indexes, count=count)
+            published = await self._node.coord_publish(
+                self._key, expected=status.generation, members=live, indexes=indexes,
+                count=count)
             if published is not None:
                 log.info("%s: published generation %d: %d live members, count %d",
                          self._worker, published, len(live), count)

@@ -1,13 +1,14 @@
 """cron mode: at each tick of a schedule, at most `max_run` nodes fleet-wide run the worker.
 
 There is no scheduler process. Every node computes the same ticks (supervisor.schedule),
-wakes at each one by the database's clock (the offset the keeper measures in every sync,
+wakes at each one by the database's clock (the offset the node sync measures in every sync,
 applied to the node's monotonic clock, so a node whose wall clock is wrong neither
 claims early nor misses), and tries to claim a slot of the tick. The database decides
 (supervisor.store.sql_cron): at most `max_run` slots per tick, `max_per_node` per node,
 only while the tick is due and inside `misfire_grace`. Each claimed run is a leased row
-that the keeper renews in the node's one sync per renew interval and trusts exactly like
-a leader's lease: if the node cannot renew, its child is killed before the row expires.
+that the node sync renews in its one sync per renew interval and trusts exactly like a
+leader's lease (hold.py): if the node cannot renew, its child is killed before the row
+expires. The mode reaches the database only through its node (`port.NodePort`).
 
 After downtime (the node starting, or the database unreachable for a while) the node
 looks at the recent ticks nobody touched: those past misfire_grace are recorded `missed`
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.coordination import Grant
-from supervisor.coordination.leader import LeaseKeeper
+from supervisor.coordination.port import NodePort
 from supervisor.errors import StoreError
 from supervisor.model import CronClaimed, Event, Mode, format_utc
 from supervisor.schedule import (
@@ -61,11 +62,11 @@ class CronMode:
 
     mode = Mode.CRON
 
-    def __init__(self, keeper: LeaseKeeper, worker: str, spec: WorkerSpec,
+    def __init__(self, node: NodePort, worker: str, spec: WorkerSpec,
                  publish: Callable[[Event], None], *, history_keep: float) -> None:
         if spec.cron is None:
             raise ValueError(f"workers.{worker}.cron is required in cron mode")
-        self._keeper = keeper
+        self._node = node
         self._worker = worker
         self._spec = spec
         self._publish = publish
@@ -81,14 +82,14 @@ class CronMode:
 
     async def next_runs(self) -> list[RunGrant]:
         """Wait for the next tick(s) this node claims a slot of; cancellable."""
-        await self._keeper.clock_ready()
+        await self._node.clock_ready()
         while True:
             if self._resync:
                 await self._after_downtime()
                 if self._acquired:
                     return self._hand_over()
                 if self._resync:  # the database did not answer: try again shortly
-                    await asyncio.sleep(self._keeper.timing.renew_interval)
+                    await asyncio.sleep(self._node.timing.renew_interval)
                 continue
             tick = next_tick(self._schedule, self._tz, self._cursor)
             grace = self._spec.misfire_grace + _MISS_MARGIN
@@ -97,7 +98,7 @@ class CronMode:
             if deadline < tick:
                 await self._record_pending()
                 continue
-            latest = previous_tick(self._schedule, self._tz, self._keeper.db_time())
+            latest = previous_tick(self._schedule, self._tz, self._node.db_time())
             if latest is not None and latest > tick:
                 self._resync = True  # woke a period or more late (frozen, overloaded)
                 continue
@@ -122,12 +123,11 @@ class CronMode:
         (each was asked to stop by the claim); False if this run was revoked meanwhile."""
         while not grant.revoked.is_set():
             with contextlib.suppress(StoreError):
-                left = await self._keeper.call(self._keeper.store.cron_earlier_running,
-                                               self._worker, grant.run.tick)
+                left = await self._node.runs_before(self._worker, grant.run.tick)
                 if left == 0:
                     return True
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._keeper.timing.renew_interval):
+                async with asyncio.timeout(self._node.timing.renew_interval):
                     await grant.revoked.wait()
         return False
 
@@ -138,21 +138,21 @@ class CronMode:
         or the run had already been marked lost."""
         run = grant.run
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._keeper.timing.lease_ttl
+        give_up = loop.time() + self._node.timing.lease_ttl
         try:
             while True:
                 try:
-                    return await self._keeper.call(self._keeper.store.cron_finish, run, state,
-                                                   exit_code=exit_code, reason=reason)
+                    return await self._node.finish_run(run, state, exit_code=exit_code,
+                                                       reason=reason)
                 except StoreError as exc:
                     if loop.time() >= give_up:
                         log.warning("%s: could not record the run of %s as %s (%s); it will "
                                     "show as lost", self._worker, format_utc(run.tick), state,
                                     exc)
                         return False
-                await asyncio.sleep(self._keeper.timing.renew_interval)
+                await asyncio.sleep(self._node.timing.renew_interval)
         finally:
-            self._keeper.untrack_run(run.token)
+            self._node.drop_run(run.token)
 
     def env(self, run: CronRun) -> dict[str, str]:
         return {
@@ -166,7 +166,7 @@ class CronMode:
     async def _sleep_until(self, db_time: float) -> None:
         loop = asyncio.get_running_loop()
         # A timer, not an event: the instant is on the database's clock, re-read each slice.
-        while (delay := self._keeper.loop_time_of(db_time) - loop.time()) > 0:  # noqa: ASYNC110
+        while (delay := self._node.loop_time_of(db_time) - loop.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(delay, _MAX_SLEEP))
 
     async def _claim_tick(self, tick: float) -> None:
@@ -180,16 +180,14 @@ class CronMode:
         delay = _RETRY[0]
         early = 0
         while True:
-            sent = self._keeper.stamp()
+            sent = self._node.stamp()
             try:
-                outcome: ClaimOutcome = await self._keeper.call(
-                    self._keeper.store.cron_claim, self._worker, tick,
-                    holder=self._keeper.holder, max_run=spec.max_run,
-                    max_per_node=spec.max_per_node, ttl=self._keeper.timing.lease_ttl,
+                outcome: ClaimOutcome = await self._node.claim_run(
+                    self._worker, tick, max_run=spec.max_run, max_per_node=spec.max_per_node,
                     grace=spec.misfire_grace, forbid_overlap=spec.overlap == "forbid",
                     replace_earlier=spec.overlap == "replace")
             except StoreError as exc:
-                if self._keeper.db_time() + delay >= tick + spec.misfire_grace:
+                if self._node.db_time() + delay >= tick + spec.misfire_grace:
                     log.warning("%s: could not claim the tick of %s (%s)", self._worker,
                                 format_utc(tick), exc)
                     self._publish(CronClaimed(self._worker, tick, "error"))
@@ -211,20 +209,19 @@ class CronMode:
                                       None if run is None else run.token))
             if run is None:
                 return False
-            grant = RunGrant(env=self.env(run), stop_grace=self._keeper.timing.leader_stop_grace,
+            grant = RunGrant(env=self.env(run), stop_grace=self._node.timing.leader_stop_grace,
                              run=run)
-            self._keeper.track_run(run, grant, sent)
+            self._node.keep_run(run, grant, sent)
             self._acquired.append(grant)
             return True
 
     # --- after downtime --------------------------------------------------------------------
 
     async def _after_downtime(self) -> None:
-        now = self._keeper.db_time()
-        store = self._keeper.store
+        now = self._node.db_time()
         since = now - self._keep
         try:
-            recorded = await self._keeper.call(store.cron_recorded, self._worker, since)
+            recorded = await self._node.runs_recorded(self._worker, since)
         except StoreError as exc:
             log.warning("%s: cannot read cron history (%s)", self._worker, exc)
             return
@@ -250,19 +247,18 @@ class CronMode:
 
     async def _record_pending(self) -> None:
         """Record as missed the ticks nobody ran whose grace has ended."""
-        now = self._keeper.db_time()
+        now = self._node.db_time()
         grace = self._spec.misfire_grace
         due = [t for t in self._pending_misses if t + grace + _MISS_MARGIN <= now]
         if not due:
             return
         try:
-            recorded = await self._keeper.call(
-                self._keeper.store.cron_record_missed, self._worker, due,
-                grace=self._spec.misfire_grace,
+            recorded = await self._node.record_missed(
+                self._worker, due, grace=self._spec.misfire_grace,
                 reason="nobody ran it within misfire_grace (downtime; catch_up = "
                        f"{self._spec.catch_up})")
         except StoreError:
-            await asyncio.sleep(self._keeper.timing.renew_interval)
+            await asyncio.sleep(self._node.timing.renew_interval)
             return  # kept pending; tried again at the next wake
         self._pending_misses = [t for t in self._pending_misses if t not in due]
         for tick in recorded:

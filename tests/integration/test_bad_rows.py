@@ -8,7 +8,7 @@ growing from what the history recorded, never granted twice.
 
 The store tests pin time with `now=` relative to the database's own clock (`base`), so
 that a row the store restores on its own clock sits where the test expects it. The
-keeper tests run a real LeaseKeeper on a real database, without children, and wait
+keeper tests run a real NodeSync on a real database, without children, and wait
 for grants and revocations with deadlines.
 """
 
@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import delete, update
 
 from supervisor.coordination import Grant
-from supervisor.coordination.leader import LeaderMode, LeaseKeeper
+from supervisor.coordination.leader import LeaderMode
+from supervisor.coordination.node_sync import NodeSync
 from supervisor.model import DatabaseCall, Event, Mode
 from supervisor.spec import CoordinationSpec
 from supervisor.store import CronRun, Holder, Lease, SyncResult
@@ -298,12 +299,12 @@ def test_a_deleted_slot_row_is_taken_again_by_its_assigned_member(store, a):
 
 
 class Node:
-    """A LeaseKeeper with leader workers (no children), the events it published."""
+    """A NodeSync with leader workers (no children), the events it published."""
 
     def __init__(self, store: SqlStore, holder: Holder) -> None:
         self.events: list[Event] = []
         self._news = asyncio.Event()
-        self.keeper = LeaseKeeper(store, holder, KEEPER, self._heard)
+        self.keeper = NodeSync(store, holder, KEEPER, self._heard)
         self.grants: dict[str, Grant] = {}
         self._waits: dict[str, asyncio.Task[Grant]] = {}
 

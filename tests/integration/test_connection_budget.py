@@ -23,7 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from supervisor.coordination.dblane import DbLane
-from supervisor.coordination.leader import LeaderMode, LeaseKeeper
+from supervisor.coordination.leader import LeaderMode
+from supervisor.coordination.node_sync import NodeSync
 from supervisor.errors import StoreError
 from supervisor.model import Mode
 from supervisor.spec import CoordinationSpec
@@ -99,7 +100,7 @@ def test_a_busy_node_never_opens_a_second_connection(database_url, a: Holder) ->
     seen: list[int] = []
 
     async def main() -> None:
-        keeper = LeaseKeeper(store, a, timing, lambda event: None)
+        keeper = NodeSync(store, a, timing, lambda event: None)
         task = asyncio.create_task(keeper.run())
         try:
             async with asyncio.timeout(WAIT):

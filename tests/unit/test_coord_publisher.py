@@ -27,10 +27,10 @@ def view(*holders: Holder) -> CoordView:
 
 
 class Keeper:
-    """What _maybe_publish uses of LeaseKeeper: call() on the store, a MemoryStore in
-    which `live` joined key "w" in that order and generation 1 (count 3, nobody
-    assigned) stands. During the fresh read (coord_view) it can run `meanwhile`, as a
-    node_sync landing then would; it logs what is published."""
+    """What _maybe_publish uses of its NodePort: coord_view and coord_publish, on a
+    MemoryStore in which `live` joined key "w" in that order and generation 1 (count 3,
+    nobody assigned) stands. During the fresh read (coord_view) it can run `meanwhile`,
+    as a node_sync landing then would; it logs what is published."""
 
     def __init__(self, *live: Holder) -> None:
         self.memory = MemoryStore(clock=lambda: NOW)
@@ -40,19 +40,15 @@ class Keeper:
         self.memory.coord_publish("w", expected=0, members=[], count=3, now=0.0)
         self.meanwhile: Callable[[], None] | None = None
         self.published: list[dict[str, Any]] = []
-        self.store = self
 
-    def coord_view(self, key: str) -> CoordStatus:
+    async def coord_view(self, key: str) -> CoordStatus:
         if self.meanwhile is not None:
             self.meanwhile()
         return self.memory.coord_view(key)
 
-    def coord_publish(self, key: str, **kwargs: Any) -> int | None:
+    async def coord_publish(self, key: str, **kwargs: Any) -> int | None:
         self.published.append(kwargs)
         return self.memory.coord_publish(key, **kwargs)
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
 
 
 async def publisher_with_stable(keeper: Keeper, *holders: Holder) -> CoordinatedMode:

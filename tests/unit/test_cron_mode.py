@@ -1,4 +1,4 @@
-"""CronMode with the real LeaseKeeper and an in-memory store, on a virtual clock.
+"""CronMode with the real NodeSync and an in-memory store, on a virtual clock.
 
 The event loop's clock never waits: when nothing is ready it jumps to the next timer, so
 minutes of schedule pass in milliseconds and every instant is exact. Store calls run on
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from supervisor.coordination.cron import CATCH_UP_LIMIT, CronMode, RunGrant
-from supervisor.coordination.leader import LeaseKeeper
+from supervisor.coordination.node_sync import NodeSync
 from supervisor.errors import StoreUnavailable
 from supervisor.model import CronClaimed, Event, Mode
 from supervisor.spec import CoordinationSpec, WorkerSpec
@@ -39,7 +39,7 @@ K = EPOCH  # the tick before a node starts, in the tests of downtime
 
 # --- the keeper, its store calls made on the loop -----------------------------------------
 
-class InlineKeeper(LeaseKeeper):
+class InlineKeeper(NodeSync):
     """The real keeper, except that store calls run on the loop instead of in threads."""
 
     async def _call(self, fn: Any, *args: Any, within: float, priority: int = 0,

@@ -1,4 +1,4 @@
-"""The LeaseKeeper's trust rules, against a scripted store (no database, no children)."""
+"""The NodeSync's trust rules, against a scripted store (no database, no children)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from supervisor.clock import boottime
 from supervisor.coordination import Grant
-from supervisor.coordination.leader import LeaderMode, LeaseKeeper
+from supervisor.coordination.leader import LeaderMode
+from supervisor.coordination.node_sync import NodeSync
 from supervisor.errors import StoreUnavailable
 from supervisor.model import Event, LeadershipGained, LeadershipLost, Mode
 from supervisor.spec import CoordinationSpec
@@ -114,12 +115,12 @@ class ScriptedStore:
     def close(self) -> None: ...
 
 
-async def started(store: ScriptedStore, events: list[Event]) -> tuple[LeaseKeeper, asyncio.Task]:
-    keeper = LeaseKeeper(store, ME, TIMING, events.append)  # type: ignore[arg-type]
+async def started(store: ScriptedStore, events: list[Event]) -> tuple[NodeSync, asyncio.Task]:
+    keeper = NodeSync(store, ME, TIMING, events.append)  # type: ignore[arg-type]
     return keeper, asyncio.create_task(keeper.run())
 
 
-async def stopped(keeper: LeaseKeeper, task: asyncio.Task) -> None:
+async def stopped(keeper: NodeSync, task: asyncio.Task) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -217,7 +218,7 @@ def test_followers_back_off_while_the_database_is_down_and_holders_do_not():
     async def main() -> tuple[float, float]:
         store = ScriptedStore()
         store.behaviour = "down"
-        keeper = LeaseKeeper(store, ME, TIMING, lambda e: None)  # type: ignore[arg-type]
+        keeper = NodeSync(store, ME, TIMING, lambda e: None)  # type: ignore[arg-type]
         keeper.state.failures = 5
         follower = keeper._interval()
         keeper.state.failures = 0
@@ -236,12 +237,12 @@ def cron_run(token: int) -> CronRun:
 
 
 async def tracked(store: ScriptedStore, token: int = 7
-                  ) -> tuple[LeaseKeeper, asyncio.Task, Grant]:
+                  ) -> tuple[NodeSync, asyncio.Task, Grant]:
     keeper, task = await started(store, [])
     async with asyncio.timeout(5):
         await keeper.clock_ready()
     grant = Grant(stop_grace=TIMING.leader_stop_grace)
-    keeper.track_run(cron_run(token), grant, keeper.stamp())
+    keeper.keep_run(cron_run(token), grant, keeper.stamp())
     return keeper, task, grant
 
 
@@ -322,12 +323,12 @@ def test_a_run_replaced_by_a_later_tick_stops_as_a_leader_does_and_is_still_rene
         store = ScriptedStore()
         keeper, task, grant = await tracked(store)
         other = Grant()
-        keeper.track_run(cron_run(8), other, keeper.stamp())
+        keeper.keep_run(cron_run(8), other, keeper.stamp())
         store.stop_runs = {7}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
         while_stopping = await syncs(store, 3)
-        keeper.untrack_run(7)  # the child stopped and cron_finish recorded it
+        keeper.drop_run(7)  # the child stopped and cron_finish recorded it
         after = (await syncs(store, 3))[1:]  # the first may have been sent before
         assert not other.revoked.is_set()
         await stopped(keeper, task)
@@ -389,13 +390,13 @@ def test_a_replaced_run_thawed_after_its_deadline_is_past_due_at_once():
 
     async def main() -> tuple[float, float, float]:
         store = ScriptedStore()
-        keeper = LeaseKeeper(store, ME, timing, lambda e: None)  # type: ignore[arg-type]
+        keeper = NodeSync(store, ME, timing, lambda e: None)  # type: ignore[arg-type]
         task = asyncio.create_task(keeper.run())
         async with asyncio.timeout(5):
             await keeper.clock_ready()
         loop = asyncio.get_running_loop()
         grant = Grant(stop_grace=timing.leader_stop_grace)
-        keeper.track_run(cron_run(7), grant, keeper.stamp())
+        keeper.keep_run(cron_run(7), grant, keeper.stamp())
         store.stop_runs = {7}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
@@ -425,7 +426,7 @@ def test_db_time_is_the_database_clock_measured_around_the_call(skew: float):
         store = ScriptedStore()
         store.clock_skew = skew
         store.delay = 0.08  # a slow round trip: only its midpoint gives the right offset
-        keeper = LeaseKeeper(store, ME, TIMING, lambda e: None)  # type: ignore[arg-type]
+        keeper = NodeSync(store, ME, TIMING, lambda e: None)  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="not measured yet"):
             keeper.db_time()
         task = asyncio.create_task(keeper.run())
