@@ -1,3 +1,100 @@
-"""fleet-supervisor: supervise workers on every node, coordinated through one SQL database."""
+"""fleet-supervisor: supervise workers on every node, coordinated through one SQL database.
+
+How it is built (read this first; `help(supervisor)` shows it too)
+====================================================================
+
+A node is one `supervisor run` process. It reads a TOML file of workers, starts each
+worker's children under the worker's mode, and coordinates with the other nodes through
+one SQL database and nothing else. Three ideas carry everything:
+
+1. **Coordination decides, workers obey.** A worker's mode (`coordination/`) grants
+   the right to run a child; the worker side (`workers/`) runs the child while the
+   grant holds and kills it when the grant is revoked. Nothing in `workers/` knows
+   the database; nothing in `coordination/` starts a process.
+
+2. **The database decides who holds what, by its own clock.** A leader's lease, a
+   cron run and a coordinated slot are rows with an expiry that the database computes
+   and compares in the statement that needs it (`store/`). No node compares its own
+   wall clock with a stored time, so a node whose clock is wrong cannot take what
+   another holds.
+
+3. **A node trusts what it holds only for a bounded time after it last heard so.**
+   Every hold (lease, run, slot) is renewed in the node's one sync; the node trusts it
+   until `sent_at + renew_deadline` on its monotonic clock, `sent_at` taken before
+   the renewal that succeeded was sent. When trust runs out the child is stopped and
+   must be dead `leader_stop_grace` later, which is before the database can give the
+   hold to anyone else (`sent_at + lease_ttl`; config validation refuses timings where
+   it is not). The deadline is also handed to the trust watchdog, a separate process
+   that SIGKILLs the child at that instant even if this process never runs again.
+
+The node sync
+-------------
+
+::
+
+        workers/ (obey)                coordination/ (decide)               store/
+    +--------------------+  Grant   +---------------------------+       +-----------+
+    | long_running.py    |<---------| leader.py   cron.py       |       |           |
+    | cronjob.py         | revoked  | coordinated.py            |       | protocol  |
+    |   \\-> child.py ---+--+        +-------------+-------------+       | (__init__)|
+    +--------------------+  |                     | NodePort (port.py)  |           |
+          | deadlines       |        +------------v-------------+  one   | SqlStore  |
+          v                 |        | NodeSync (node_sync.py)  |  call  | sql*.py   |
+    +--------------+        |        |  leases.py  hold.py      |------->| MemoryStore|
+    | trust        |<-------+        |  upkeep.py  quarantine.py|  lane  | memory/   |
+    | watchdog     |  kill at        |  dblane.py (one thread,  |        +-----------+
+    | (process)    |  deadline       |   one connection)        |
+    +--------------+                 +--------------------------+
+
+Once per renew interval (jittered) `NodeSync` makes one `node_sync` call: heartbeat the
+node, renew every lease, run and slot it holds, try every lease a worker waits for,
+renew its coordinated memberships. One call per node per interval however many workers
+it runs; it goes through the node's one database lane (one thread, one connection,
+syncs before anything else), bounded by the trust left, and cut (its socket shut down)
+when late. Around each sync the node measures the database clock's offset to its own
+monotonic clock: cron nodes wake at ticks by that clock.
+
+What a sync returns is applied to the holds (`hold.py`): kept holds move their trust
+on, lost ones revoke their grant at once (no grace), holds whose trust ran out revoke
+with the stop grace. A row the database refuses is rolled back alone and sits out
+(`quarantine.py`); the rest of the sync goes on.
+
+The modes
+---------
+
+- `every-node`: grants at once, never revokes (`coordination/__init__.py`).
+- `global-leader`, `group-leader` (`leader.py`): the node holding the worker's lease
+  runs it; the lease's term is the child's fencing token and only grows.
+- `cron` (`cron.py`, `workers/cronjob.py`): every node computes the same ticks
+  (`schedule.py`, `cron_dialect.py`) and claims a slot of each tick in the database,
+  which allows at most `max_run` per tick; each claimed run is a hold like a lease.
+- `coordinated` (`coordinated.py`): members renew a membership row; the holder of the
+  worker's coordination lease publishes generations (index and count per member) once
+  membership is stable; each index is a slot of a generation, and the database
+  refuses a slot while any slot of an older generation is still held (the barrier).
+
+Modes reach the database only through `port.NodePort` (an import-linter contract
+keeps it so); they ask for, keep and give up what they hold there.
+
+Where things live
+-----------------
+
+- Pure: `model.py` (events, names, durations), `errors.py`, `clock.py`, `policy.py`
+  (restart backoff), `schedule.py` / `cron_dialect.py`, `tzinfo_source.py`.
+- Config: `config.py` validates the TOML (pydantic, in a short-lived child process);
+  the running supervisor uses the plain records of `spec.py`.
+- Store: `store/__init__.py` is the protocol and its contracts, `store/records.py` what
+  it takes and returns; `sql*.py` and `migrations/` are the only SQL; `memory/` is the
+  same contracts in memory, held to the same conformance suite.
+- Processes: `runner.py` (one child: spawn, stream, stop), `processes.py` (pre-exec
+  setup, the pid record, PID-1 reaping), `watchdog.py` (the watchdog process) and
+  `watchdog_client.py` (its supervisor end), `output.py` (output that never blocks).
+- Wiring: `app.py` (the Supervisor: workers to modes, signals, reload); `cli.py` (the
+  only place that reads argv); `metrics.py`, `http.py`, `logs.py` subscribe to events;
+  `fleetview.py` / `fleettext.py` are `status` and `history`.
+
+A module imports only from the layers listed after it in pyproject.toml's
+import-linter contract.
+"""
 
 __version__ = "0.2.0.dev0"
