@@ -288,3 +288,33 @@ class ChildRunner:
     def _sink(self, stream: str, line: str) -> None:
         self._publish(WorkerOutput(self.name, stream, line))
 
+
+class ChildWorker:
+    """What the Supervisor asks of every kind of worker, whose children go through one
+    `ChildRunner`: stop when asked, SIGKILL now, the child's pid, a signal passed on.
+    Each kind adds `run()` (what it does with its grants) and `state`."""
+
+    def __init__(self, name: str, config: WorkerSpec, settings: NodeSpec, *,
+                 publish: Callable[[Event], None], watchdog: TrustWatchdog | None,
+                 base_dir: Path, environ: Mapping[str, str]) -> None:
+        self.name = name
+        self.config = config
+        self._publish = publish
+        self._stop = asyncio.Event()
+        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
+                                  publish=publish, watchdog=watchdog, stop=self._stop)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def kill_now(self) -> None:
+        """Escalation: SIGKILL the running child's group without waiting."""
+        self._stop.set()
+        self._child.kill_now()
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    def forward(self, sig: signal.Signals) -> None:
+        self._child.forward(sig)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -34,13 +33,13 @@ from supervisor.workers.child import (
     STOPPED,
     TIMED_OUT,
     ChildEnd,
-    ChildRunner,
+    ChildWorker,
 )
 
 log = logging.getLogger("supervisor")
 
 
-class CronSupervisor:
+class CronSupervisor(ChildWorker):
     """The cron counterpart of WorkerSupervisor, with the same face for the Supervisor;
     its runs go through the same child path (supervisor.workers.child)."""
 
@@ -56,13 +55,9 @@ class CronSupervisor:
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config, settings, publish=publish, watchdog=watchdog,
+                         base_dir=base_dir, environ=environ)
         self.mode = mode
-        self._publish = publish
-        self._stop = asyncio.Event()
-        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
-                                  publish=publish, watchdog=watchdog, stop=self._stop)
         self._stopped = False
 
     @property
@@ -70,20 +65,6 @@ class CronSupervisor:
         if self._child.procs:
             return WorkerState.RUNNING
         return WorkerState.STOPPED if self._stopped else WorkerState.WAITING
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def kill_now(self) -> None:
-        self._stop.set()
-        self._child.kill_now()
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    def forward(self, sig: signal.Signals) -> None:
-        self._child.forward(sig)
 
     async def run(self) -> WorkerState:
         async with asyncio.TaskGroup() as runs:

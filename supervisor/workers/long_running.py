@@ -11,7 +11,6 @@ leaves it, with the reason that ended it.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from supervisor.policy import RestartTracker
 from supervisor.runner import first_of, unless_stopped
 from supervisor.spec import NodeSpec, WorkerSpec
 from supervisor.watchdog_client import TrustWatchdog
-from supervisor.workers.child import NOT_STARTED, REVOKED, STOPPED, TRUST, ChildRunner
+from supervisor.workers.child import NOT_STARTED, REVOKED, STOPPED, TRUST, ChildWorker
 
 Publish = Callable[[Event], None]
 
 
-class WorkerSupervisor:
+class WorkerSupervisor(ChildWorker):
     """Runs one long-running worker: grant, child, restart; stops when asked.
 
     The child itself is started, watched and stopped by the one child path
@@ -44,14 +43,10 @@ class WorkerSupervisor:
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config, settings, publish=publish, watchdog=watchdog,
+                         base_dir=base_dir, environ=environ)
         self._state = WorkerState.WAITING
         self._mode = mode
-        self._publish = publish
-        self._stop = asyncio.Event()
-        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
-                                  publish=publish, watchdog=watchdog, stop=self._stop)
         self._tracker = RestartTracker(
             config.restart, config.backoff, config.max_restarts, config.restart_window
         )
@@ -60,21 +55,6 @@ class WorkerSupervisor:
     @property
     def state(self) -> WorkerState:
         return WorkerState.RUNNING if self._child.procs else self._state
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def kill_now(self) -> None:
-        """Escalation: SIGKILL the running child's group without waiting."""
-        self._stop.set()
-        self._child.kill_now()
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    def forward(self, sig: signal.Signals) -> None:
-        self._child.forward(sig)
 
     async def run(self) -> WorkerState:
         while not self._stop.is_set():
