@@ -131,14 +131,14 @@ def status(config_path: Path, as_json: bool) -> None:
     from supervisor.fleettext import status_text
     from supervisor.fleetview import coord_section, cron_section, status_data
 
-    settings = _load(config_path)
+    spec: NodeSpec = _load(config_path).to_spec()
     with _store(config_path) as store:
         db_now = store.db_now()
         members = store.members()
-        cron = cron_section(settings.workers, db_now, members,
+        cron = cron_section(spec.workers, db_now, members,
                             lambda worker, limit: store.cron_runs(worker=worker, limit=limit))
         coordinated = coord_section(
-            settings.workers, members, store.coord_view,
+            spec.workers, members, store.coord_view,
             lambda worker: {g.worker_key for g in store.coord_generations(worker_key=worker)})
         data = status_data(store.masked_url, db_now, members, store.leases(), cron,
                            coordinated)

@@ -32,7 +32,6 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from supervisor.config import WorkerConfig
 from supervisor.model import (
     Mode,
     coord_key,
@@ -42,6 +41,7 @@ from supervisor.model import (
     per_group_prefix,
 )
 from supervisor.schedule import next_tick, parse_schedule, parse_timezone
+from supervisor.spec import WorkerSpec
 from supervisor.store import (
     CoordAssigned,
     CoordGeneration,
@@ -135,7 +135,7 @@ def _lease_data(lease: LeaseState) -> dict[str, Any]:
     }
 
 
-def coord_section(workers: Mapping[str, WorkerConfig], members: Sequence[Member],
+def coord_section(workers: Mapping[str, WorkerSpec], members: Sequence[Member],
                   read_view: ViewReader, known_keys: KeyLister) -> list[dict[str, Any]]:
     """Every coordinated worker of the file, by worker key.
 
@@ -222,7 +222,7 @@ def _slot_data(slot: CoordSlot | None) -> dict[str, Any]:
             "slot_generation": None if slot is None else slot.generation}
 
 
-def cron_rows_needed(worker: WorkerConfig, ticks: int = TICKS_SHOWN) -> int:
+def cron_rows_needed(worker: WorkerSpec, ticks: int = TICKS_SHOWN) -> int:
     """Rows of `cron_runs` that hold the newest `ticks` ticks whole.
 
     A tick has at most max_run runs and one tick-level record (missed, skipped); one
@@ -231,7 +231,7 @@ def cron_rows_needed(worker: WorkerConfig, ticks: int = TICKS_SHOWN) -> int:
     return (ticks + 1) * (worker.max_run + 1)
 
 
-def cron_section(workers: Mapping[str, WorkerConfig], db_now: float,
+def cron_section(workers: Mapping[str, WorkerSpec], db_now: float,
                  members: Sequence[Member], read_runs: RunReader) -> list[dict[str, Any]]:
     """Every cron worker of the file, by name: its schedule, next tick and latest ticks."""
     live = {m.holder.nonce for m in members}
@@ -246,7 +246,7 @@ def cron_section(workers: Mapping[str, WorkerConfig], db_now: float,
     return section
 
 
-def cron_status(name: str, worker: WorkerConfig, db_now: float,
+def cron_status(name: str, worker: WorkerSpec, db_now: float,
                 records: Sequence[CronRunRecord], *, cut: bool = False,
                 live: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """One cron worker: `records` newest tick first (as `cron_runs` returns them); `cut`

@@ -13,17 +13,22 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
+from supervisor.fields import Limits, Seconds
 from supervisor.model import RestartPolicy
 
 
 @dataclass(frozen=True)
 class Backoff:
-    initial: float = 1.0
-    max: float = 60.0
-    factor: float = 2.0
-    jitter: float = 0.2  # a delay is drawn from [d * (1 - jitter), d]
-    reset: float = 30.0  # uptime after which a child counts as healthy again
+    """A worker's `backoff` table; its fields are the file's keys (see supervisor.spec)."""
+
+    initial: Seconds = 1.0
+    max: Seconds = 60.0
+    factor: Annotated[float, Limits(ge=1.0)] = 2.0
+    # a delay is drawn from [d * (1 - jitter), d]
+    jitter: Annotated[float, Limits(ge=0.0, le=1.0)] = 0.2
+    reset: Seconds = 30.0  # uptime after which a child counts as healthy again
 
     def delay(self, attempt: int, draw: float) -> float:
         """The wait before restart number `attempt` (1-based); `draw` is uniform in [0, 1)."""
