@@ -98,13 +98,13 @@ class Supervisor:
 
     def __init__(
         self,
-        settings: NodeSpec,
+        node: NodeSpec,
         *,
         config_path: Path,
         publish: Publish,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.settings = settings
+        self.node = node
         self._config_path = config_path
         self._base_dir = config_path.resolve().parent
         self._publish = publish
@@ -137,8 +137,8 @@ class Supervisor:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 sides = [group.create_task(side(), name="side") for side in side_tasks]
-                for name, config in self.settings.workers.items():
-                    self._start_worker(name, config)
+                for name, spec in self.node.workers.items():
+                    self._start_worker(name, spec)
                 await self._stopping.wait()
                 await self._cancel_reload()  # a stop wins over a pending or running reload
                 await self._stop_workers(list(self._workers))
@@ -158,23 +158,23 @@ class Supervisor:
         self._exit_code = EXIT_CRITICAL_FAILED
         self._stopping.set()
 
-    def _mode_for(self, name: str, config: WorkerSpec) -> WorkerMode:
-        if config.mode is Mode.EVERY_NODE:
+    def _mode_for(self, name: str, spec: WorkerSpec) -> WorkerMode:
+        if spec.mode is Mode.EVERY_NODE:
             return EveryNode()
-        node = self._ensure_node_sync()
-        if config.mode is Mode.COORDINATED:
-            key = coord_key(name, config.scope, self.settings.group)
-            return CoordinatedMode(node, name, key, self.settings.group,
-                                   instances=config.instances,
-                                   stable_window=config.stable_window,
+        sync = self._ensure_node_sync()
+        if spec.mode is Mode.COORDINATED:
+            key = coord_key(name, spec.scope, self.node.group)
+            return CoordinatedMode(sync, name, key, self.node.group,
+                                   instances=spec.instances,
+                                   stable_window=spec.stable_window,
                                    publish=self._publish)
-        lease = lease_name(name, config.mode, config.scope, self.settings.group)
-        return LeaderMode(node, config.mode, lease, name, self.settings.group)
+        lease = lease_name(name, spec.mode, spec.scope, self.node.group)
+        return LeaderMode(sync, spec.mode, lease, name, self.node.group)
 
-    def _cron_worker(self, name: str, config: WorkerSpec) -> CronSupervisor:
-        mode = CronMode(self._ensure_node_sync(), name, config, self._publish,
-                        history_keep=self.settings.history.keep)
-        return CronSupervisor(name, config, self.settings, mode=mode, publish=self._publish,
+    def _cron_worker(self, name: str, spec: WorkerSpec) -> CronSupervisor:
+        mode = CronMode(self._ensure_node_sync(), name, spec, self._publish,
+                        history_keep=self.node.history.keep)
+        return CronSupervisor(name, spec, self.node, mode=mode, publish=self._publish,
                               watchdog=self._watchdog, base_dir=self._base_dir,
                               environ=self._environ)
 
@@ -185,13 +185,13 @@ class Supervisor:
                 raise RuntimeError("the node sync starts only inside Supervisor.run()")
             from supervisor.store.sql import SqlStore  # the database stack, only when needed
 
-            timing = self.settings.coordination
-            store = SqlStore(self.settings.database_url, timeout=timing.renew_deadline,
-                             listen_url=self.settings.database_listen_url)
+            timing = self.node.coordination
+            store = SqlStore(self.node.database_url, timeout=timing.renew_deadline,
+                             listen_url=self.node.database_listen_url)
             self._node_sync = NodeSync(
-                store, new_holder(self.settings.node_id, self.settings.group),
+                store, new_holder(self.node.node_id, self.node.group),
                 timing,
-                self._publish, history_keep=self.settings.history.keep,
+                self._publish, history_keep=self.node.history.keep,
             )
             self._node_sync_task = self._group.create_task(self._node_sync.run(),
                                                            name="node-sync")
@@ -210,17 +210,17 @@ class Supervisor:
         """For /readyz: true unless this node needs the database and cannot reach it."""
         return self._node_sync is None or self._node_sync.ready()
 
-    def _start_worker(self, name: str, config: WorkerSpec) -> None:
+    def _start_worker(self, name: str, spec: WorkerSpec) -> None:
         if self._group is None:
             raise RuntimeError("workers start only inside Supervisor.run()")
         if self._stopping.is_set():
             return  # a stop won: nothing new starts
         worker: WorkerSupervisor | CronSupervisor
-        if config.mode is Mode.CRON:
-            worker = self._cron_worker(name, config)
+        if spec.mode is Mode.CRON:
+            worker = self._cron_worker(name, spec)
         else:
             worker = WorkerSupervisor(
-                name, config, self.settings, mode=self._mode_for(name, config),
+                name, spec, self.node, mode=self._mode_for(name, spec),
                 publish=self._publish, watchdog=self._watchdog, base_dir=self._base_dir,
                 environ=self._environ,
             )
@@ -233,7 +233,7 @@ class Supervisor:
                      task: asyncio.Task[WorkerState]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        if task.result() is WorkerState.FAILED and worker.config.critical:
+        if task.result() is WorkerState.FAILED and worker.spec.critical:
             log.error("critical worker %s failed: stopping the supervisor", worker.name)
             self._exit_code = EXIT_CRITICAL_FAILED
             self._stopping.set()
@@ -323,14 +323,14 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         self._warn_unapplied(new)
-        old = {name: w.config for name, w in self._workers.items()}
+        old = {name: w.spec for name, w in self._workers.items()}
         removed = sorted(old.keys() - new.workers.keys())
         added = sorted(new.workers.keys() - old.keys())
         changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
         await self._stop_workers(removed + changed)
         if self._stopping.is_set():
             return False
-        self.settings = dataclasses.replace(self.settings, workers=new.workers)
+        self.node = dataclasses.replace(self.node, workers=new.workers)
         for name in added + changed:
             self._start_worker(name, new.workers[name])
         self._publish(ConfigReloaded("", tuple(added), tuple(removed), tuple(changed)))
@@ -338,5 +338,5 @@ class Supervisor:
 
     def _warn_unapplied(self, new: NodeSpec) -> None:
         for key in (f.name for f in dataclasses.fields(NodeSpec)):
-            if key != "workers" and getattr(new, key) != getattr(self.settings, key):
+            if key != "workers" and getattr(new, key) != getattr(self.node, key):
                 log.warning("reload: a change of %r takes effect only on restart", key)

@@ -61,11 +61,11 @@ NOT_STARTED = "not_started"  # stopped or revoked before it could start
 SPAWN_FAILED = "spawn_failed"
 
 
-def worker_argv(config: WorkerSpec) -> tuple[str, ...]:
+def worker_argv(spec: WorkerSpec) -> tuple[str, ...]:
     """The program to exec: `python -m mod`, a call of `mod:func`, or the command as given."""
-    if config.command is not None:
-        return tuple(config.command)
-    module = config.module or ""
+    if spec.command is not None:
+        return tuple(spec.command)
+    module = spec.module or ""
     if ":" in module:
         mod, func = module.split(":", 1)
         code = f"import importlib, sys; sys.exit(importlib.import_module({mod!r}).{func}())"
@@ -75,38 +75,38 @@ def worker_argv(config: WorkerSpec) -> tuple[str, ...]:
 
 def worker_env(
     base: Mapping[str, str],
-    settings: NodeSpec,
+    node: NodeSpec,
     name: str,
-    config: WorkerSpec,
+    spec: WorkerSpec,
     grant_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The child's environment: the supervisor's own minus its settings, the worker's
+    """The child's environment: the supervisor's own minus its SUPERVISOR_* settings, the worker's
     `env`, then the variables SPEC.md promises (which a worker's `env` cannot mask)."""
     env = {key: value for key, value in base.items() if not key.startswith("SUPERVISOR_")}
-    if config.module is not None:
+    if spec.module is not None:
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are written
-    env.update(config.env)
+    env.update(spec.env)
     env.update(
         SUPERVISOR_WORKER=name,
-        SUPERVISOR_NODE_ID=settings.node_id,
-        SUPERVISOR_GROUP=settings.group,
-        SUPERVISOR_MODE=str(config.mode),
+        SUPERVISOR_NODE_ID=node.node_id,
+        SUPERVISOR_GROUP=node.group,
+        SUPERVISOR_MODE=str(spec.mode),
     )
     env.update(grant_env)
-    if config.pass_database_url:
-        env["SUPERVISOR_DATABASE_URL"] = settings.database_url
+    if spec.pass_database_url:
+        env["SUPERVISOR_DATABASE_URL"] = node.database_url
     return env
 
 
-def process_spec(name: str, config: WorkerSpec, settings: NodeSpec, *,
+def process_spec(name: str, spec: WorkerSpec, node: NodeSpec, *,
                  environ: Mapping[str, str], base_dir: Path, grant: Grant) -> ProcessSpec:
     """What to run for one grant of a worker: the one spec builder for every mode."""
     return ProcessSpec(
-        argv=worker_argv(config),
-        env=worker_env(environ, settings, name, config, grant.env),
-        cwd=str(base_dir / config.cwd),
-        stop_signal=config.stop_signal,
-        stop_timeout=config.stop_timeout,
+        argv=worker_argv(spec),
+        env=worker_env(environ, node, name, spec, grant.env),
+        cwd=str(base_dir / spec.cwd),
+        stop_signal=spec.stop_signal,
+        stop_timeout=spec.stop_timeout,
     )
 
 
@@ -127,8 +127,8 @@ class ChildRunner:
     def __init__(
         self,
         name: str,
-        config: WorkerSpec,
-        settings: NodeSpec,
+        spec: WorkerSpec,
+        node: NodeSpec,
         *,
         environ: Mapping[str, str],
         base_dir: Path,
@@ -137,8 +137,8 @@ class ChildRunner:
         stop: asyncio.Event,
     ) -> None:
         self.name = name
-        self.config = config
-        self._settings = settings
+        self.spec = spec
+        self._node = node
         self._environ = environ
         self._base_dir = base_dir
         self._publish = publish
@@ -167,7 +167,7 @@ class ChildRunner:
         refused = await self._may_start(grant)
         if refused is not None:
             return refused
-        spec = process_spec(self.name, self.config, self._settings, environ=self._environ,
+        spec = process_spec(self.name, self.spec, self._node, environ=self._environ,
                             base_dir=self._base_dir, grant=grant)
         try:
             proc = await spawn(spec, self._sink, watchdog=self._watchdog,
@@ -294,14 +294,14 @@ class ChildWorker:
     `ChildRunner`: stop when asked, SIGKILL now, the child's pid, a signal passed on.
     Each kind adds `run()` (what it does with its grants) and `state`."""
 
-    def __init__(self, name: str, config: WorkerSpec, settings: NodeSpec, *,
+    def __init__(self, name: str, spec: WorkerSpec, node: NodeSpec, *,
                  publish: Callable[[Event], None], watchdog: TrustWatchdog | None,
                  base_dir: Path, environ: Mapping[str, str]) -> None:
         self.name = name
-        self.config = config
+        self.spec = spec
         self._publish = publish
         self._stop = asyncio.Event()
-        self._child = ChildRunner(name, config, settings, environ=environ, base_dir=base_dir,
+        self._child = ChildRunner(name, spec, node, environ=environ, base_dir=base_dir,
                                   publish=publish, watchdog=watchdog, stop=self._stop)
 
     def request_stop(self) -> None:

@@ -46,8 +46,8 @@ class CronSupervisor(ChildWorker):
     def __init__(
         self,
         name: str,
-        config: WorkerSpec,
-        settings: NodeSpec,
+        spec: WorkerSpec,
+        node: NodeSpec,
         *,
         mode: CronMode,
         publish: Callable[[Event], None],
@@ -55,7 +55,7 @@ class CronSupervisor(ChildWorker):
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        super().__init__(name, config, settings, publish=publish, watchdog=watchdog,
+        super().__init__(name, spec, node, publish=publish, watchdog=watchdog,
                          base_dir=base_dir, environ=environ)
         self.mode = mode
         self._stopped = False
@@ -79,12 +79,12 @@ class CronSupervisor(ChildWorker):
         return self.state
 
     async def _run(self, grant: RunGrant) -> None:
-        if self.config.overlap == "replace" and not await self._clear(grant):
+        if self.spec.overlap == "replace" and not await self._clear(grant):
             await self._record(grant, "stopped", None,
                                grant.reason or "supervisor stopped before the run started",
                                0.0)
             return
-        end = await self._child.run(grant, run_limit=self.config.timeout)
+        end = await self._child.run(grant, run_limit=self.spec.timeout)
         state, reason = _outcome(end, grant)
         status = end.status
         code = status.returncode if status is not None and status.returncode >= 0 else None

@@ -34,8 +34,8 @@ class WorkerSupervisor(ChildWorker):
     def __init__(
         self,
         name: str,
-        config: WorkerSpec,
-        settings: NodeSpec,
+        spec: WorkerSpec,
+        node: NodeSpec,
         *,
         mode: WorkerMode,
         publish: Publish,
@@ -43,12 +43,12 @@ class WorkerSupervisor(ChildWorker):
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        super().__init__(name, config, settings, publish=publish, watchdog=watchdog,
+        super().__init__(name, spec, node, publish=publish, watchdog=watchdog,
                          base_dir=base_dir, environ=environ)
         self._state = WorkerState.WAITING
         self._mode = mode
         self._tracker = RestartTracker(
-            config.restart, config.backoff, config.max_restarts, config.restart_window
+            spec.restart, spec.backoff, spec.max_restarts, spec.restart_window
         )
         self._trust_lost = False
 
@@ -100,8 +100,8 @@ class WorkerSupervisor(ChildWorker):
             if decision.give_up:
                 self._state = WorkerState.FAILED
                 self._publish(WorkerGaveUp(
-                    self.name, self.config.max_restarts, self.config.restart_window,
-                    self.config.critical,
+                    self.name, self.spec.max_restarts, self.spec.restart_window,
+                    self.spec.critical,
                 ))
                 return True
             if not decision.restart:
