@@ -22,9 +22,10 @@ The only module that imports SQLAlchemy and the drivers. Contracts are in
 - Orphaned transactions: the server ends a transaction idle for the store's timeout
   (PostgreSQL `idle_in_transaction_session_timeout`, MariaDB `idle_transaction_timeout`),
   so a node cut off mid-transaction does not hold rows every other node's sync needs.
-- Errors are translated at this seam: unreachable -> StoreUnavailable, else
-  StoreError; messages are built from the masked URL, never the driver's text
-  about the URL.
+- Errors are translated at this seam (store/classify.py): a failed connection ->
+  TooManyClients, AuthenticationFailed, DatabaseMissing or StoreUnavailable,
+  unreachable -> StoreUnavailable, else StoreError; messages are built from the masked
+  URL, never the driver's text about the URL.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from supervisor.errors import StoreError, StoreRefused, StoreUnavailable
+from supervisor.errors import StoreError, StoreRefused
 from supervisor.model import mask_url, per_group_prefix
 from supervisor.store import (
     CoordSlot,
@@ -73,16 +74,9 @@ from supervisor.store import (
     SyncResult,
     TermRecord,
 )
+from supervisor.store.classify import Deadlock, refusal_cause, refusal_reason, translate
 from supervisor.store.dbclock import _claim, _DbNow, _now
-from supervisor.store.refusals import (
-    Apart,
-    RowRefused,
-    fit,
-    guarded,
-    in_parts,
-    refusal_cause,
-    refusal_reason,
-)
+from supervisor.store.refusals import Apart, RowRefused, fit, guarded, in_parts
 from supervisor.store.schema import leases, members, terms
 from supervisor.store.sql_coord import CoordSql, starts_with
 from supervisor.store.sql_cron import CronSql
@@ -97,10 +91,6 @@ _NO_HOLDER: dict[str, Any] = dict.fromkeys(
     ("holder_node", "holder_group", "holder_pid", "holder_nonce", "claim", "acquired_at",
      "renewed_at"))
 T = TypeVar("T")
-
-
-class _Deadlock(StoreError):
-    """The database chose this transaction as a deadlock victim; it is safe to retry."""
 
 
 class SqlStore(CronSql, CoordSql):
@@ -266,21 +256,13 @@ class SqlStore(CronSql, CoordSql):
             try:
                 with self._txn() as conn:
                     return work(conn)
-            except _Deadlock:
+            except Deadlock:
                 if attempt == _DEADLOCK_TRIES - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, exc: DBAPIError) -> StoreError:
-        kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
-        if _is_deadlock(exc):
-            return _Deadlock(f"database {self.masked_url} aborted a deadlock ({kind})")
-        cause = connect_failure(exc.orig)
-        if cause is not None:
-            return StoreUnavailable(f"database {self.masked_url} unreachable: {cause} ({kind})")
-        if exc.connection_invalidated or _is_unreachable(exc):
-            return StoreUnavailable(f"database {self.masked_url} unreachable ({kind})")
-        return StoreError(f"database error on {self.masked_url} ({kind})")
+        return translate(exc, self.masked_url)
 
     def interrupt(self) -> None:
         """Cut the connections of calls in flight (their callers gave up on them)."""
@@ -794,95 +776,6 @@ def _file_lock(database: str | None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-_MYSQL_UNREACHABLE = {2003, 2006, 2013, 2055, 1205, 1927, 3024}  # no route, gone, lost, timeouts
-_MYSQL_DEADLOCK = {1213}
-
-
-def _is_unreachable(exc: DBAPIError) -> bool:
-    """The server could not be reached or did not answer in time (not: a bad query)."""
-    orig = exc.orig
-    module = type(orig).__module__
-    if module.startswith("psycopg"):
-        sqlstate = getattr(orig, "sqlstate", None) or ""
-        # No SQLSTATE: the connection failed or timed out; 57014 statement timeout,
-        # 55P03 lock timeout, 57P01-3 the server is shutting down, 08xxx connection.
-        return sqlstate == "" or sqlstate[:2] == "08" or sqlstate in (
-            "57014", "55P03", "57P01", "57P02", "57P03")
-    if module.startswith("pymysql") and orig is not None:
-        return bool(orig.args) and orig.args[0] in _MYSQL_UNREACHABLE
-    if module.startswith("sqlite3"):
-        text_ = str(orig).lower()
-        return "locked" in text_ or "unable to open" in text_ or "disk i/o" in text_
-    return isinstance(orig, OSError | TimeoutError)
-
-
-# Why a connection could not be made, in words an operator acts on. psycopg carries no
-# SQLSTATE for a failed connection, so its server's (English) text is matched; PyMySQL
-# gives the error number. Only these fixed phrases reach the log, never the driver's
-# text, which may name the user or the host.
-_PG_CONNECT_FAILURES = (
-    ("too many clients", "the server refuses new connections: too many clients "
-                         "(max_connections is reached)"),
-    ("too many connections for role", "the server refuses new connections: the role's "
-                                      "connection limit is reached"),
-    ("too many connections for database", "the server refuses new connections: the "
-                                          "database's connection limit is reached"),
-    ("remaining connection slots are reserved", "the server refuses new connections: "
-                                                "only reserved slots are left"),
-    ("password authentication failed", "authentication failed (wrong password)"),
-    ("no pg_hba.conf entry", "authentication refused (no pg_hba.conf entry for this "
-                             "client)"),
-    ('fatal:  role "', "authentication failed (the role does not exist)"),
-    ('fatal:  database "', "the database does not exist"),
-    ("connection refused", "nothing accepts connections there (connection refused)"),
-    ("failed to resolve host", "the host name does not resolve"),
-    ("timeout expired", "no answer within the connect timeout"),
-    ("the database system is starting up", "the server is starting up"),
-    ("the database system is shutting down", "the server is shutting down"),
-)
-_MYSQL_CONNECT_FAILURES = {
-    1040: "the server refuses new connections: too many connections (max_connections "
-          "is reached)",
-    1203: "the server refuses new connections: the user's max_user_connections is reached",
-    1226: "the server refuses new connections: the user's max_user_connections is reached",
-    1045: "authentication failed (access denied)",
-    1698: "authentication failed (access denied)",
-    1044: "access to the database denied",
-    1049: "the database does not exist",
-    2003: "nothing accepts connections there (refused, unresolvable or no answer)",
-    2005: "the host name does not resolve",
-    2013: "the connection was lost while connecting",
-}
-
-
-def connect_failure(orig: BaseException | None) -> str | None:
-    """Why the driver could not connect (too many clients, authentication, a missing
-    database, nothing listening...), or None when `orig` is not a failed connection."""
-    module = type(orig).__module__
-    if module.startswith("psycopg") and getattr(orig, "sqlstate", None) is None:
-        text_ = str(orig).lower()
-        if not text_.startswith(("connection failed", "failed to resolve", "connection to")):
-            return None
-        for phrase, cause in _PG_CONNECT_FAILURES:
-            if phrase in text_ and (not phrase.startswith("fatal:")
-                                    or "does not exist" in text_):
-                return cause
-        return None
-    if module.startswith("pymysql") and orig is not None and orig.args:
-        return _MYSQL_CONNECT_FAILURES.get(orig.args[0])
-    return None
-
-
-def _is_deadlock(exc: DBAPIError) -> bool:
-    orig = exc.orig
-    module = type(orig).__module__
-    if module.startswith("psycopg"):
-        return getattr(orig, "sqlstate", None) in ("40P01", "40001")
-    if module.startswith("pymysql") and orig is not None:
-        return bool(orig.args) and orig.args[0] in _MYSQL_DEADLOCK
-    return False
 
 
 def _shutdown_socket(dbapi_conn: Any) -> None:
