@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from supervisor.errors import StoreError
+from supervisor.errors import SchemaMissing, StoreError
 from supervisor.model import mask_url
 from supervisor.store import (
     ClaimOutcome,
@@ -173,6 +173,14 @@ class SqlStore:
 
         with self._db.txn() as conn:
             return inspect_schema(conn)
+
+    def require_schema(self) -> SchemaState:
+        """`schema_state`, or `SchemaMissing` when the database has no schema of ours."""
+        state = self.schema_state()
+        if state.revision is None:
+            raise SchemaMissing(f"database {self.masked_url} has no fleet-supervisor"
+                                " schema yet: run `supervisor db upgrade` or start a node")
+        return state
 
     # --- the node's round trip ---------------------------------------------------------------
 
