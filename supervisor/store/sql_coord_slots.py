@@ -135,9 +135,10 @@ class CoordSlotSql:
 
         return self._db.run(work)
 
-
     def renew(self, conn: Connection, holder: Holder, slots: Sequence[CoordSlot],
               ttl: float, now: float | None) -> dict[SlotKey, CoordSlot]:
+        """In node_sync: renew the holder's `slots` that are still its own, in their
+        generation and unexpired; those renewed, by (worker key, index)."""
         if not slots:
             return {}
         claim = new_claim()
