@@ -31,7 +31,7 @@ before they are stopped, so every inner tick's runs have started and ended.
   pg_stat_statements when the server has it loaded, otherwise derived from every node's
   own count of database calls by operation (supervisor_db_seconds_count) and of claims by
   result (supervisor_claims_total), times the statements each issues on PostgreSQL
-  (supervisor/store/sql.py and sql_cron.py, overlap "allow"; BEGIN/COMMIT not counted),
+  (supervisor/store/sql_nodes.py and sql_cron.py, overlap "allow"; BEGIN/COMMIT not counted),
   scaled to the transactions pg_stat_database counted:
     node_sync     = INSERT .. ON CONFLICT .. RETURNING (heartbeat, returns the database
                     clock) + UPDATE + SELECT (renewing runs, when the node has one going)

@@ -17,7 +17,8 @@ measures over --window seconds:
   server has it loaded (shared_preload_libraries; the bench never reconfigures or restarts
   the server); otherwise derived: every node's own count of database calls by operation
   (its `supervisor_db_seconds_count` metric) times the statements each call issues on
-  PostgreSQL, read from supervisor/store/sql.py (BEGIN/COMMIT not counted):
+  PostgreSQL, read from supervisor/store/sql_nodes.py and sql_leases.py (BEGIN/COMMIT not
+  counted):
     node_sync  = INSERT .. ON CONFLICT .. RETURNING (heartbeat; returns the database clock)
                  + UPDATE .. RETURNING (renew, if the node holds a lease)
                  + UPDATE .. RETURNING (acquire, if the node waits for a lease)
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         source_note = (
             f"derived, since {why}. Each node's own call counts by operation times the "
-            "statements each call issues on PostgreSQL (supervisor/store/sql.py; BEGIN/COMMIT "
+            "statements each call issues on PostgreSQL (supervisor/store/sql_*.py; BEGIN/COMMIT "
             "not counted): node_sync = INSERT .. ON CONFLICT .. RETURNING (heartbeat, which "
             "also returns the database clock) + UPDATE .. RETURNING (renew, when the node holds "
             "a lease) + UPDATE .. RETURNING (acquire, when it waits for one), so 2, or 3 when a "

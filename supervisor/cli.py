@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from supervisor import __version__
-from supervisor.errors import ConfigError, SchemaMissing, StoreError
+from supervisor.errors import ConfigError, StoreError
 from supervisor.model import Event, leader_lease
 
 if TYPE_CHECKING:
@@ -198,17 +198,16 @@ def _store(config_path: Path, *, schema: bool = True) -> Iterator[SqlStore]:
     try:
         store = SqlStore(settings.database_url, timeout=settings.coordination.renew_deadline)
         try:
-            if schema and store.schema_state().revision is None:
-                raise SchemaMissing(f"database {store.masked_url} has no fleet-supervisor"
-                                    " schema yet: run `supervisor db upgrade` or start a node")
+            if schema:
+                store.require_schema()  # SchemaMissing, SchemaNewer
             yield store
         finally:
             store.close()
     except StoreError as exc:
-        _unreachable(exc)
+        _store_failed(exc)
 
 
-def _unreachable(exc: StoreError) -> NoReturn:
+def _store_failed(exc: StoreError) -> NoReturn:
     click.echo(f"error: {exc}", err=True)
     sys.exit(EXIT_RUNTIME)
 

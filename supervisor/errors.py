@@ -5,6 +5,9 @@
     ├── SpawnError           a worker's program could not be started
     └── StoreError           the coordination store failed (translated at the SQL seam)
         ├── StoreUnavailable the database could not be reached in time
+        │   ├── TooManyClients       the server refuses new connections (a connection limit)
+        │   ├── AuthenticationFailed the server refuses this login (password, role, access)
+        │   └── DatabaseMissing      the server has no database of that name
         ├── StoreRefused     the database refused a write because of a row
         ├── SchemaMissing    the database has no schema of ours
         └── SchemaNewer      the schema needs a newer release than this one
@@ -52,6 +55,20 @@ class StoreError(SupervisorError):
 
 class StoreUnavailable(StoreError):
     """The database could not be reached, or did not answer within the time allowed."""
+
+
+class TooManyClients(StoreUnavailable):
+    """The server refuses new connections: max_connections, or a role's, user's or
+    database's own connection limit, is reached."""
+
+
+class AuthenticationFailed(StoreUnavailable):
+    """The server refuses this login: a wrong password, an unknown role or user, no
+    pg_hba.conf entry, or no right to the database."""
+
+
+class DatabaseMissing(StoreUnavailable):
+    """The server answers, but has no database of the name in the URL."""
 
 
 class StoreRefused(StoreError):

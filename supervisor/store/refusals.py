@@ -1,5 +1,6 @@
-"""Rows the database refuses: telling them from an unreachable database, and keeping one
-from failing the rest of a node's sync. Imported only by the SQL store modules.
+"""Rows the database refuses: keeping one from failing the rest of a node's sync, and
+refusing a value too long for its column before any database sees it. Imported only by
+the SQL store modules; which driver errors are refusals is store/classify.py's to say.
 
 A refusal is the database saying no to one write because of one row: a constraint it
 would break (a unique key, a CHECK, a trigger's rule), a value out of range. Retrying
@@ -21,20 +22,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from supervisor.errors import StoreError, StoreRefused
+from supervisor.errors import StoreRefused
 from supervisor.store import SyncRefusal
+from supervisor.store.classify import refusal_cause, refusal_reason
 
 T = TypeVar("T")
-
-# MySQL/MariaDB numbers of a refused row that PyMySQL does not class as Integrity- or
-# DataError: 1690 a value out of range in an expression (BIGINT term + 1), 3819 (MySQL)
-# and 4025 (MariaDB) a CHECK constraint, 1644 a trigger's SIGNAL, 1292/1366/1265 a value
-# the column cannot take.
-_MYSQL_REFUSED = {1690, 3819, 4025, 1644, 1292, 1366, 1265, 1264, 1406, 1048, 1062, 1451,
-                  1452}
-_REASON_MAX = 300
 
 
 class RowRefused(StoreRefused):
@@ -56,50 +49,6 @@ def fit(table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
                 shown = value if len(value) <= 60 else value[:57] + "..."
                 raise RowRefused(f"{table.name}.{key} {shown!r} is {len(value)} characters,"
                                  f" longer than the column's {length}")
-
-
-def refusal_cause(exc: BaseException) -> BaseException | None:
-    """The refusal behind `exc` (a translated StoreError, or the driver's error), or None
-    when `exc` is not a refused row (unreachable, a deadlock, a bug)."""
-    if isinstance(exc, StoreRefused):
-        return exc
-    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-    if not isinstance(cause, DBAPIError):
-        return None
-    if isinstance(cause, IntegrityError | DataError):
-        return cause
-    orig = cause.orig
-    module = type(orig).__module__
-    if module.startswith("psycopg"):
-        sqlstate = getattr(orig, "sqlstate", None) or ""
-        # 22: data exception, 23: integrity constraint, P0001: a trigger's RAISE
-        return cause if sqlstate[:2] in ("22", "23") or sqlstate == "P0001" else None
-    if module.startswith("pymysql") and orig is not None and orig.args:
-        return cause if orig.args[0] in _MYSQL_REFUSED else None
-    return None
-
-
-def refusal_reason(cause: BaseException, secret: str | None) -> str:
-    """The database's words for a refusal, on one line: the driver's class and message
-    (the constraint, the value), with the password cut out should it ever appear."""
-    if isinstance(cause, StoreRefused):
-        text = str(cause)
-    else:
-        orig = getattr(cause, "orig", None) or cause
-        diag = getattr(orig, "diag", None)
-        primary = getattr(diag, "message_primary", None) if diag is not None else None
-        if primary:  # PostgreSQL: the message, and the key or value it is about
-            detail = getattr(diag, "message_detail", None)
-            text = primary + (f" ({detail})" if detail else "")
-        elif getattr(orig, "args", None) and len(orig.args) > 1:  # PyMySQL: (errno, text)
-            text = f"{orig.args[1]} (error {orig.args[0]})"
-        else:
-            text = str(orig)
-        text = f"{type(orig).__name__}: {text}"
-    text = " ".join(text.split())
-    if secret:
-        text = text.replace(secret, "***")
-    return text if len(text) <= _REASON_MAX else text[:_REASON_MAX - 3] + "..."
 
 
 class Apart:

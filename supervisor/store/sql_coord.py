@@ -1,4 +1,5 @@
-"""Coordinated workers on SQL: memberships, generations and slots (mixed into SqlStore).
+"""Coordinated workers on SQL: memberships and generations (part of SqlStore; the slots
+are store/sql_coord_slots.py's).
 
 A worker key (`worker`, or `worker/group` for scope group) has a membership row per
 supervisor process, renewed in node_sync; a state row holding its published generation;
@@ -12,26 +13,19 @@ database in the transaction that decides:
   slot rows and the history row are written in the same transaction. A state row
   deleted by hand comes back at the highest generation recorded, never at 0; a slot
   row deleted by hand is created again when its assigned member takes it.
-- the barrier: `coord_acquire_slot` locks the key's state row (FOR UPDATE), so that it
-  and a publish of the key queue for each other, then locks every held slot row of an
-  older generation (FOR UPDATE, expiry judged after the lock on the row's latest
-  version: a renewal still in flight is waited for, never missed), and takes the slot
-  only if none of them is unexpired. So a slot of generation g + 1 is taken only after
-  every slot of g was released or had expired by the database's clock.
-- a slot is renewed by node_sync only for its holder, in its generation, while
-  unexpired: once expired (judged by the barrier as free) it is never revived.
+- a publish and a slot's acquisition of the same key queue for each other on the key's
+  state row (the barrier, store/sql_coord_slots.py).
+- a membership is renewed by node_sync; an expired one is a rejoin, and `maintain`
+  deletes it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from supervisor.model import per_group_prefix
@@ -44,8 +38,9 @@ from supervisor.store import (
     CoordView,
     Holder,
 )
-from supervisor.store.dbclock import _claim, _now
-from supervisor.store.refusals import Apart, fit
+from supervisor.store.database import Database
+from supervisor.store.dialect import clock, new_claim
+from supervisor.store.refusals import Apart
 from supervisor.store.schema import (
     coord_assignments,
     coord_generations,
@@ -53,21 +48,19 @@ from supervisor.store.schema import (
     coord_slots,
     coord_state,
 )
+from supervisor.store.sql_coord_slots import CoordSlotSql, SlotKey
 
-T = TypeVar("T")
-SlotKey = tuple[str, int]
 _m, _s, _a, _sl, _g = (coord_members.c, coord_state.c, coord_assignments.c, coord_slots.c,
                        coord_generations.c)
 
 
 class CoordSql:
-    """The coordinated part of SqlStore; relies on its `_run`, `_returning` and `backend`."""
+    """The coordinated part of SqlStore, on the database it is given."""
 
-    backend: str
-    _returning: bool
-
-    def _run(self, work: Callable[[Connection], T]) -> T:  # provided by SqlStore
-        raise NotImplementedError
+    def __init__(self, db: Database, slots: CoordSlotSql) -> None:
+        self._db = db
+        self._sql = db.dialect
+        self._slots = slots  # renewed in node_sync with the memberships
 
     # --- generations -----------------------------------------------------------------------
 
@@ -95,8 +88,8 @@ class CoordSql:
         if expected == 0:
             # In a transaction of its own, as lease_acquire does: on MariaDB an INSERT
             # IGNORE and the UPDATE in one transaction deadlock against a competitor.
-            self._run(lambda conn: self._coord_ensure_state(conn, worker_key))
-        return self._run(lambda conn: self._coord_publish(conn, worker_key, expected,
+            self._db.run(lambda conn: self._coord_ensure_state(conn, worker_key))
+        return self._db.run(lambda conn: self._coord_publish(conn, worker_key, expected,
                                                           members, indexes, count, now))
 
     def _coord_ensure_state(self, conn: Connection, key: str) -> None:
@@ -117,25 +110,21 @@ class CoordSql:
                 _g.worker_key == key, _g.generation == generation)).first()
             row.update(generation=generation, slot_count=0 if last is None else last.slot_count,
                        published_at=None if last is None else last.published_at)
-        self._coord_insert_if_absent(conn, coord_state, [row])
+        self._sql.insert_if_absent(conn, coord_state, [row])
 
     def _coord_publish(self, conn: Connection, key: str, expected: int,
                        members: Sequence[Holder], indexes: Sequence[int | None], count: int,
                        now: float | None) -> int | None:
-        claim = _claim()
+        claim = new_claim()
         new = expected + 1
         stmt = (update(coord_state)
                 .where(_s.worker_key == key, _s.generation == expected)
-                .values(generation=new, slot_count=count, published_at=_now(now), claim=claim))
-        if self._returning:
-            row = conn.execute(stmt.returning(_s.published_at)).first()
-        else:
-            conn.execute(stmt)
-            row = conn.execute(select(_s.published_at).where(  # our own write: no lock
-                _s.worker_key == key, _s.claim == claim)).first()
-        if row is None:
+                .values(generation=new, slot_count=count, published_at=clock(now), claim=claim))
+        rows = self._sql.read_back(conn, stmt, [_s.published_at],  # our own write: no lock
+                                   [_s.worker_key == key, _s.claim == claim])
+        if not rows:
             return None  # the current generation is not `expected`: someone published first
-        published_at = float(row.published_at)
+        published_at = float(rows[0].published_at)
         conn.execute(delete(coord_assignments).where(_a.worker_key == key, _a.generation < new))
         if members:
             conn.execute(insert(coord_assignments), [
@@ -143,7 +132,7 @@ class CoordSql:
                  "group_name": h.group, "pid": h.pid, "position": i,
                  "slot_index": indexes[i]} for i, h in enumerate(members)])
         if count:
-            self._coord_insert_if_absent(conn, coord_slots, [
+            self._sql.insert_if_absent(conn, coord_slots, [
                 {"worker_key": key, "slot_index": i, "generation": 0, "expires_at": 0.0}
                 for i in range(count)])
         conn.execute(update(coord_generations)
@@ -156,16 +145,6 @@ class CoordSql:
                                separators=(",", ":"))))
         return new
 
-    def _coord_insert_if_absent(self, conn: Connection, table: Any,
-                                rows: list[dict[str, Any]]) -> None:
-        fit(table, rows)
-        if self.backend == "postgresql":
-            conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
-        elif self.backend == "sqlite":
-            conn.execute(sqlite_insert(table).values(rows).on_conflict_do_nothing())
-        else:
-            conn.execute(mysql_insert(table).values(rows).prefix_with("IGNORE"))
-
     def coord_generations(
         self, *, worker_key: str | None = None, limit: int = 100
     ) -> list[CoordGeneration]:
@@ -173,8 +152,8 @@ class CoordSql:
                  .order_by(_g.published_at.desc(), _g.id.desc()).limit(limit))
         if worker_key is not None:  # the key itself, or its per-group keys "key/group"
             query = query.where(or_(_g.worker_key == worker_key,
-                                    starts_with(_g.worker_key, per_group_prefix(worker_key),
-                                                self.backend)))
+                                    self._sql.starts_with(_g.worker_key,
+                                                          per_group_prefix(worker_key))))
 
         def work(conn: Connection) -> list[CoordGeneration]:
             found = []
@@ -191,111 +170,11 @@ class CoordSql:
                           for i, m in enumerate(rows))))
             return found
 
-        return self._run(work)
-
-    # --- slots -----------------------------------------------------------------------------
-
-    def coord_acquire_slot(
-        self,
-        worker_key: str,
-        index: int,
-        generation: int,
-        holder: Holder,
-        ttl: float,
-        *,
-        now: float | None = None,
-    ) -> CoordSlot | None:
-        def work(conn: Connection) -> CoordSlot | None:
-            current = conn.execute(select(_s.generation).where(_s.worker_key == worker_key)
-                                   .with_for_update()).scalar()
-            if current is None or int(current) != generation:
-                return None
-            assigned = conn.execute(select(_a.slot_index).where(
-                _a.worker_key == worker_key, _a.generation == generation,
-                _a.nonce == holder.nonce)).first()
-            if assigned is None or assigned.slot_index != index:
-                return None
-            if self._coord_older_slot_live(conn, worker_key, generation, now):
-                return None
-            slot = self._coord_take_slot(conn, worker_key, index, generation, holder, ttl, now)
-            if slot is None and conn.execute(select(_sl.slot_index).where(
-                    _sl.worker_key == worker_key, _sl.slot_index == index)).first() is None:
-                # Its row vanished (deleted by hand): this holder alone has the index in
-                # this generation, and the key's state row, locked above, queues the rest.
-                self._coord_insert_if_absent(conn, coord_slots, [
-                    {"worker_key": worker_key, "slot_index": index, "generation": 0,
-                     "expires_at": 0.0}])
-                slot = self._coord_take_slot(conn, worker_key, index, generation, holder, ttl,
-                                             now)
-            return slot
-
-        return self._run(work)
-
-    def _coord_older_slot_live(self, conn: Connection, key: str, generation: int,
-                               now: float | None) -> bool:
-        """The barrier: whether a slot of an older generation is held and unexpired.
-
-        Every held older row is locked, whatever its expiry, and its expiry is compared
-        after the lock: a row whose renewal is in flight looks expired in the snapshot
-        but is not once that renewal commits."""
-        live = conn.execute(
-            select((_sl.expires_at > _now(now)).label("live"))
-            .where(_sl.worker_key == key, _sl.generation < generation,
-                   _sl.holder_nonce.is_not(None))
-            .with_for_update()
-        ).scalars().all()
-        return any(bool(value) for value in live)
-
-    def _coord_take_slot(self, conn: Connection, key: str, index: int, generation: int,
-                         holder: Holder, ttl: float, now: float | None) -> CoordSlot | None:
-        claim = _claim()
-        clock = _now(now)
-        stmt = (
-            update(coord_slots)
-            .where(_sl.worker_key == key, _sl.slot_index == index,
-                   or_(_sl.holder_nonce.is_(None), _sl.expires_at <= clock,
-                       and_(_sl.holder_nonce == holder.nonce, _sl.generation == generation)))
-            .values(generation=generation, holder_node=holder.node_id,
-                    holder_group=holder.group, holder_pid=holder.pid,
-                    holder_nonce=holder.nonce, claim=claim, acquired_at=clock,
-                    expires_at=clock + ttl)
-        )
-        rows = self._coord_slots_written(conn, stmt, claim, [(key, index)])
-        if not rows:
-            return None
-        return CoordSlot(key, index, generation, holder, float(rows[0].expires_at))
-
-    def _coord_slots_written(self, conn: Connection, stmt: Any, claim: str,
-                             keys: list[SlotKey]) -> list[Any]:
-        """Run a claim-stamping UPDATE of the slots `keys` and read back the rows it really
-        changed (without RETURNING: a re-select of those rows by claim, by primary key, so
-        it reads only rows this transaction locked or did not change)."""
-        cols = (_sl.worker_key, _sl.slot_index, _sl.generation, _sl.expires_at)
-        if self._returning:
-            return list(conn.execute(stmt.returning(*cols)))
-        conn.execute(stmt)
-        return list(conn.execute(select(*cols).where(
-            tuple_(_sl.worker_key, _sl.slot_index).in_(keys), _sl.claim == claim)))
-
-    def coord_release_slot(self, slot: CoordSlot, *, now: float | None = None) -> bool:
-        claim = _claim()
-
-        def work(conn: Connection) -> bool:
-            clock = _now(now)
-            stmt = (update(coord_slots)
-                    .where(_sl.worker_key == slot.worker_key, _sl.slot_index == slot.index,
-                           _sl.generation == slot.generation,
-                           _sl.holder_nonce == slot.holder.nonce, _sl.expires_at > clock)
-                    .values(holder_node=None, holder_group=None, holder_pid=None,
-                            holder_nonce=None, claim=claim, expires_at=clock))
-            return bool(self._coord_slots_written(conn, stmt, claim,
-                                                  [(slot.worker_key, slot.index)]))
-
-        return self._run(work)
+        return self._db.run(work)
 
     # --- in node_sync ----------------------------------------------------------------------
 
-    def _coord_sync_parts(
+    def sync(
         self, conn: Connection, apart: Apart | None, holder: Holder, keys: Sequence[str],
         watch: Sequence[str] | None, slots: Sequence[CoordSlot], ttl: float,
         now: float | None,
@@ -330,7 +209,7 @@ class CoordSql:
             watched = [key for key in keys if key in wanted]
             live = self._coord_live_members(conn, watched, now)
             views = self._coord_views(conn, holder, keys, live)
-        kept = self._coord_renew_slots(conn, holder, slots, ttl, now)
+        kept = self._slots.renew(conn, holder, slots, ttl, now)
         lost = tuple(key for key in dict.fromkeys((s.worker_key, s.index) for s in slots)
                      if key not in kept)
         return views, kept, lost
@@ -340,26 +219,15 @@ class CoordSql:
         """Upsert this holder's membership of each key. An unexpired row keeps its
         joined_at; an expired one is a rejoin and starts again (from the inserted row's
         clock, so both columns come from one reading)."""
-        clock = _now(now)
+        at = clock(now)
         rows = [{"worker_key": key, "nonce": holder.nonce, "node_id": holder.node_id,
-                 "group_name": holder.group, "pid": holder.pid, "joined_at": clock,
-                 "expires_at": clock + ttl} for key in keys]
-        if self.backend in ("postgresql", "sqlite"):
-            upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(
-                coord_members).values(rows)
-            new = upsert.excluded
-            conn.execute(upsert.on_conflict_do_update(
-                index_elements=["worker_key", "nonce"],
-                set_={"joined_at": case((_m.expires_at <= new.joined_at, new.joined_at),
-                                        else_=_m.joined_at),
-                      "expires_at": new.expires_at}))
-            return
-        my = mysql_insert(coord_members).values(rows)
-        new = my.inserted
-        conn.execute(my.on_duplicate_key_update([  # in order: MySQL assigns left to right
+                 "group_name": holder.group, "pid": holder.pid, "joined_at": at,
+                 "expires_at": at + ttl} for key in keys]
+        self._sql.upsert(conn, coord_members, rows, ["worker_key", "nonce"], lambda new: [
+            # in this order: MySQL assigns left to right, so joined_at sees the old expiry
             ("joined_at", case((_m.expires_at <= new.joined_at, new.joined_at),
                                else_=_m.joined_at)),
-            ("expires_at", new.expires_at)]))
+            ("expires_at", new.expires_at)])
 
     def _coord_live_members(self, conn: Connection, keys: Sequence[str],
                             now: float | None) -> dict[str, list[CoordMember]]:
@@ -368,7 +236,7 @@ class CoordSql:
             return live
         rows = conn.execute(
             select(coord_members)
-            .where(_m.worker_key.in_(keys), _m.expires_at > _now(now))
+            .where(_m.worker_key.in_(keys), _m.expires_at > clock(now))
             .order_by(_m.worker_key, _m.joined_at, _m.nonce))
         for r in rows:
             live[r.worker_key].append(CoordMember(
@@ -399,36 +267,18 @@ class CoordSql:
                 None if r.published_at is None else float(r.published_at), members)
         return views
 
-    def _coord_renew_slots(self, conn: Connection, holder: Holder, slots: Sequence[CoordSlot],
-                           ttl: float, now: float | None) -> dict[SlotKey, CoordSlot]:
-        if not slots:
-            return {}
-        claim = _claim()
-        clock = _now(now)
-        stmt = (
-            update(coord_slots)
-            .where(tuple_(_sl.worker_key, _sl.slot_index, _sl.generation).in_(
-                       [(s.worker_key, s.index, s.generation) for s in slots]),
-                   _sl.holder_nonce == holder.nonce, _sl.expires_at > clock)
-            .values(claim=claim, expires_at=clock + ttl)
-        )
-        keys = [(s.worker_key, s.index) for s in slots]
-        return {(r.worker_key, int(r.slot_index)): CoordSlot(
-            r.worker_key, int(r.slot_index), int(r.generation), holder, float(r.expires_at))
-            for r in self._coord_slots_written(conn, stmt, claim, keys)}
-
-    def _coord_leave_all(self, conn: Connection, holder: Holder) -> None:
+    def leave_all(self, conn: Connection, holder: Holder) -> None:
         conn.execute(delete(coord_members).where(_m.nonce == holder.nonce))
 
     def coord_leave(self, worker_key: str, holder: Holder) -> None:
-        self._run(lambda conn: conn.execute(delete(coord_members).where(
+        self._db.run(lambda conn: conn.execute(delete(coord_members).where(
             _m.worker_key == worker_key, _m.nonce == holder.nonce)))
 
     # --- status and upkeep -----------------------------------------------------------------
 
     def coord_view(self, worker_key: str, *, now: float | None = None) -> CoordStatus:
         def work(conn: Connection) -> CoordStatus:
-            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            db_now = float(conn.execute(select(clock(now))).scalar_one())
             state = conn.execute(select(coord_state).where(_s.worker_key == worker_key)).first()
             generation = 0 if state is None else int(state.generation)
             assigned = tuple(CoordAssigned(
@@ -451,27 +301,19 @@ class CoordSql:
                 else float(state.published_at),
                 assigned, members, slots)
 
-        return self._run(work)
+        return self._db.run(work)
 
-    def _coord_maintain(self, conn: Connection, keep: float, now: float | None,
+    def maintain(self, conn: Connection, keep: float, now: float | None,
                         batch: int) -> int:
         """Drop expired memberships; delete up to `batch` generations superseded more than
         `keep` seconds ago (the current one has no end, so it stays). How many deleted."""
-        clock = _now(now)
-        conn.execute(delete(coord_members).where(_m.expires_at <= clock))
+        at = clock(now)
+        conn.execute(delete(coord_members).where(_m.expires_at <= at))
         old = conn.execute(
-            select(_g.id).where(_g.ended_at.is_not(None), _g.ended_at < clock - keep)
+            select(_g.id).where(_g.ended_at.is_not(None), _g.ended_at < at - keep)
             .limit(batch)
         ).scalars().all()
         if old:
             conn.execute(delete(coord_generations).where(_g.id.in_(old)))
         return len(old)
 
-
-def starts_with(column: Any, prefix: str, backend: str) -> Any:
-    """`column` begins with `prefix`, byte for byte. LIKE on SQLite ignores the case of
-    ASCII letters (`history Job` listed `job`'s rows too), so there the prefix is
-    compared as a substring; elsewhere LIKE (which an index serves) is exact."""
-    if backend == "sqlite":
-        return func.substr(column, 1, len(prefix)) == prefix
-    return column.startswith(prefix, autoescape=True)

@@ -1,4 +1,4 @@
-"""Cron claims on SQL: a leased row per claimed slot of a tick (mixed into SqlStore).
+"""Cron claims on SQL: a leased row per claimed slot of a tick (part of SqlStore).
 
 Invariants, each enforced by the database in the claim's own transaction:
 - at most `max_run` runs per (worker, tick): a row per slot, unique on
@@ -16,26 +16,25 @@ Invariants, each enforced by the database in the claim's own transaction:
   runs to stop (`stop_requested`), in its own transaction; their holders read it back
   when they renew them in node_sync;
 - a run is a lease: renewed in the node's sync, marked `lost` by `maintain` once
-  it expires, never left `running` for ever; its token (the row id) only grows.
+  it expires, never left `running` for ever; its token (the row id) only grows;
+- every write of a run stamps a claim and is read back by re-selecting that claim, on
+  every database alike (not `Dialect.read_back`'s RETURNING: the statements per claim,
+  finish and renewal are what bench/cron.py counts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
-from supervisor.store.dbclock import _claim, _now
-from supervisor.store.refusals import Apart, fit, guarded, in_parts
+from supervisor.store.database import Database
+from supervisor.store.dialect import clock, new_claim
+from supervisor.store.refusals import Apart, guarded, in_parts
 from supervisor.store.schema import cron_runs
 
-T = TypeVar("T")
 RUNNING = "running"
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
 MISSED_REASON = "nobody could run it within misfire_grace"
@@ -44,13 +43,11 @@ _REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> 
 
 
 class CronSql:
-    """The cron part of SqlStore; relies on its `_run`, `_returning` and `backend`."""
+    """The cron part of SqlStore, on the database it is given."""
 
-    backend: str
-    _returning: bool
-
-    def _run(self, work: Callable[[Connection], T]) -> T:  # provided by SqlStore
-        raise NotImplementedError
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._sql = db.dialect
 
     def cron_claim(
         self,
@@ -70,7 +67,7 @@ class CronSql:
             raise ValueError("overlap is either forbidden or replaced, not both")
 
         def work(conn: Connection) -> ClaimOutcome:
-            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            db_now = float(conn.execute(select(clock(now))).scalar_one())
             if db_now < tick:
                 return ClaimOutcome("early")
             if db_now >= tick + grace:
@@ -91,22 +88,27 @@ class CronSql:
                                       now)
             if outcome.run is None:
                 return outcome
-            # A fresh statement sees what others committed while our insert waited on them
-            # (a tick-level record, see _record_tick; a later tick's run): undo, never run.
-            decided = self._tick_state(conn, worker, tick)
-            if decided is not None:
-                conn.execute(delete(cron_runs).where(cron_runs.c.token == outcome.run.token))
-                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
-            if replace_earlier and self._later_ran(conn, worker, tick):
-                conn.execute(delete(cron_runs).where(cron_runs.c.token == outcome.run.token))
-                self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
-                return ClaimOutcome("overlap")
-            if replace_earlier:
-                return ClaimOutcome("acquired", outcome.run,
-                                    self._request_stop(conn, worker, tick, now))
-            return outcome
+            return self._confirm(conn, outcome.run, replace_earlier, now)
 
-        return self._run(work)
+        return self._db.run(work)
+
+    def _confirm(self, conn: Connection, run: CronRun, replace_earlier: bool,
+                 now: float | None) -> ClaimOutcome:
+        """The claim of `run`, just inserted, looked at again: a fresh statement sees what
+        others committed while the insert waited on them (a tick-level record, see
+        `_record_tick`; a later tick's run). Undone then, never run."""
+        worker, tick = run.worker, run.tick
+        decided = self._tick_state(conn, worker, tick)
+        if decided is not None:
+            conn.execute(delete(cron_runs).where(cron_runs.c.token == run.token))
+            return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+        if replace_earlier and self._later_ran(conn, worker, tick):
+            conn.execute(delete(cron_runs).where(cron_runs.c.token == run.token))
+            self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
+            return ClaimOutcome("overlap")
+        if replace_earlier:
+            return ClaimOutcome("acquired", run, self._request_stop(conn, worker, tick, now))
+        return ClaimOutcome("acquired", run)
 
     def _later_ran(self, conn: Connection, worker: str, tick: float) -> bool:
         """Whether a later tick of the worker has runs: replacing, this tick is superseded."""
@@ -119,11 +121,11 @@ class CronSql:
     def _request_stop(self, conn: Connection, worker: str, tick: float,
                       now: float | None) -> tuple[int, ...]:
         """Ask every running, unexpired run of an earlier tick to stop; their tokens."""
-        claim = _claim()
+        claim = new_claim()
         conn.execute(
             update(cron_runs)
             .where(cron_runs.c.worker == worker, cron_runs.c.tick < tick,
-                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > _now(now))
+                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > clock(now))
             .values(stop_requested=1, claim=claim)
         )
         return tuple(sorted(int(token) for token in conn.execute(
@@ -133,7 +135,7 @@ class CronSql:
 
     def cron_earlier_running(self, worker: str, tick: float, *,
                              now: float | None = None) -> int:
-        return self._run(lambda conn: self._earlier_running(conn, worker, tick, now))
+        return self._db.run(lambda conn: self._earlier_running(conn, worker, tick, now))
 
     def _take_slot(
         self, conn: Connection, worker: str, tick: float, holder: Holder, max_run: int,
@@ -172,15 +174,15 @@ class CronSql:
         holder: Holder, ttl: float, now: float | None,
     ) -> CronRun | None:
         """Insert the slot's row if absent; the run if this holder's insert made it."""
-        claim = _claim()
-        clock = _now(now)
+        claim = new_claim()
+        at = clock(now)
         row = {
             "worker": worker, "tick": tick, "slot": slot, "node_slot": node_slot,
             "holder_node": holder.node_id, "holder_group": holder.group,
             "holder_pid": holder.pid, "holder_nonce": holder.nonce, "state": RUNNING,
-            "claim": claim, "claimed_at": clock, "expires_at": clock + ttl,
+            "claim": claim, "claimed_at": at, "expires_at": at + ttl,
         }
-        self._insert_if_absent(conn, row)
+        self._sql.insert_if_absent(conn, cron_runs, [row])
         got = conn.execute(
             select(cron_runs.c.token, cron_runs.c.expires_at)
             .where(cron_runs.c.worker == worker, cron_runs.c.tick == tick,
@@ -189,15 +191,6 @@ class CronSql:
         if got is None:
             return None
         return CronRun(int(got.token), worker, tick, slot, holder, float(got.expires_at))
-
-    def _insert_if_absent(self, conn: Connection, row: dict[str, Any]) -> None:
-        fit(cron_runs, [row])
-        if self.backend == "postgresql":
-            conn.execute(pg_insert(cron_runs).values(row).on_conflict_do_nothing())
-        elif self.backend == "sqlite":
-            conn.execute(sqlite_insert(cron_runs).values(row).on_conflict_do_nothing())
-        else:
-            conn.execute(mysql_insert(cron_runs).values(row).prefix_with("IGNORE"))
 
     def _tick_state(self, conn: Connection, worker: str, tick: float) -> str | None:
         """The tick-level record's state (missed, skipped), if any."""
@@ -219,7 +212,7 @@ class CronSql:
         found = conn.execute(
             select(func.count()).select_from(cron_runs)
             .where(cron_runs.c.worker == worker, cron_runs.c.tick < tick,
-                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > _now(now))
+                   cron_runs.c.state == RUNNING, cron_runs.c.expires_at > clock(now))
         ).scalar_one()
         return int(found)
 
@@ -239,12 +232,12 @@ class CronSql:
         self._hold_tick(conn, worker, tick)
         if self._tick_ran(conn, worker, tick):
             return False
-        claim = _claim()
-        clock = _now(now)
-        self._insert_if_absent(conn, {
+        claim = new_claim()
+        at = clock(now)
+        self._sql.insert_if_absent(conn, cron_runs, [{
             "worker": worker, "tick": tick, "slot": -1, "state": state,
-            "reason": reason[:255], "claim": claim, "claimed_at": clock, "ended_at": clock,
-        })
+            "reason": reason[:255], "claim": claim, "claimed_at": at, "ended_at": at,
+        }])
         return conn.execute(
             select(cron_runs.c.token).where(cron_runs.c.worker == worker,
                                             cron_runs.c.tick == tick, cron_runs.c.slot == -1,
@@ -256,18 +249,11 @@ class CronSql:
         delete it again. Every run of a tick is in slot 0 or came after a committed slot 0,
         so a claim inserting the tick's first run and this transaction wait for each other
         on the unique key, and whichever goes second sees what the first committed.
-        (MariaDB: ON DUPLICATE KEY takes an exclusive lock where INSERT IGNORE would share
-        one, so several callers queue instead of deadlocking.)"""
-        claim = _claim()
+        (`Dialect.insert_and_hold`: on MariaDB that takes the exclusive lock.)"""
+        claim = new_claim()
         row = {"worker": worker, "tick": tick, "slot": 0, "state": "placeholder",
                "claim": claim, "claimed_at": 0.0}
-        fit(cron_runs, [row])
-        if self.backend in ("postgresql", "sqlite"):
-            upsert = (pg_insert if self.backend == "postgresql" else sqlite_insert)(cron_runs)
-            conn.execute(upsert.values(row).on_conflict_do_nothing())
-        else:
-            conn.execute(mysql_insert(cron_runs).values(row)
-                         .on_duplicate_key_update(claim=cron_runs.c.claim))
+        self._sql.insert_and_hold(conn, cron_runs, [row], touch="claim")
         conn.execute(delete(cron_runs).where(cron_runs.c.worker == worker,
                                              cron_runs.c.tick == tick, cron_runs.c.slot == 0,
                                              cron_runs.c.claim == claim))
@@ -284,7 +270,7 @@ class CronSql:
             return CronRecorded(None if first is None else float(first),
                                 frozenset(float(tick) for tick in ticks))
 
-        return self._run(work)
+        return self._db.run(work)
 
     def cron_record_missed(
         self,
@@ -296,13 +282,13 @@ class CronSql:
         now: float | None = None,
     ) -> list[float]:
         def work(conn: Connection) -> list[float]:
-            db_now = float(conn.execute(select(_now(now))).scalar_one())
+            db_now = float(conn.execute(select(clock(now))).scalar_one())
             # In tick order, so that callers with overlapping lists queue, never deadlock.
             return [tick for tick in sorted(set(ticks))
                     if db_now >= tick + grace  # the claim's own test for "past grace"
                     and self._record_tick(conn, worker, tick, "missed", reason, now)]
 
-        return self._run(work)
+        return self._db.run(work)
 
     def cron_finish(
         self,
@@ -315,14 +301,14 @@ class CronSql:
     ) -> bool:
         if state not in FINAL_STATES:
             raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
-        claim = _claim()
+        claim = new_claim()
 
         def work(conn: Connection) -> bool:
             conn.execute(
                 update(cron_runs)
                 .where(cron_runs.c.token == run.token, cron_runs.c.state == RUNNING,
                        cron_runs.c.holder_nonce == run.holder.nonce)
-                .values(state=state, ended_at=_now(now), exit_code=exit_code,
+                .values(state=state, ended_at=clock(now), exit_code=exit_code,
                         reason=None if reason is None else reason[:255], claim=claim)
             )
             return conn.execute(
@@ -330,12 +316,12 @@ class CronSql:
                                                 cron_runs.c.claim == claim)
             ).first() is not None
 
-        return self._run(work)
+        return self._db.run(work)
 
-    def _sync_runs(self, conn: Connection, apart: Apart | None, holder: Holder,
+    def sync(self, conn: Connection, apart: Apart | None, holder: Holder,
                    runs: Sequence[CronRun], ttl: float, now: float | None
                    ) -> tuple[dict[int, CronRun], tuple[int, ...]]:
-        """`_renew_runs` in node_sync: one statement for all runs, or apart one per run."""
+        """In node_sync: `_renew_runs`, one statement for all runs, or apart one per run."""
         kept: dict[int, CronRun] = {}
         stop: list[int] = []
         for part in in_parts(runs, apart):
@@ -352,14 +338,14 @@ class CronSql:
         tokens whose stop a later tick requested (overlap = replace)."""
         if not runs:
             return {}, ()
-        claim = _claim()
-        clock = _now(now)
+        claim = new_claim()
+        at = clock(now)
         conn.execute(
             update(cron_runs)
             .where(cron_runs.c.token.in_([r.token for r in runs]),
                    cron_runs.c.holder_nonce == holder.nonce, cron_runs.c.state == RUNNING,
-                   cron_runs.c.expires_at > clock)
-            .values(expires_at=clock + ttl, claim=claim)
+                   cron_runs.c.expires_at > at)
+            .values(expires_at=at + ttl, claim=claim)
         )
         by_token = {r.token: r for r in runs}
         rows = conn.execute(
@@ -371,21 +357,21 @@ class CronSql:
             by_token[int(r.token)].slot, holder, float(r.expires_at)) for r in rows}
         return kept, tuple(sorted(int(r.token) for r in rows if r.stop_requested))
 
-    def _close_lost_runs(self, conn: Connection, now: float | None) -> None:
+    def close_lost(self, conn: Connection, now: float | None) -> None:
         conn.execute(
             update(cron_runs)
-            .where(cron_runs.c.state == RUNNING, cron_runs.c.expires_at <= _now(now))
+            .where(cron_runs.c.state == RUNNING, cron_runs.c.expires_at <= clock(now))
             .values(state="lost", ended_at=cron_runs.c.expires_at,
                     reason="its node stopped renewing the run")
         )
 
-    def _prune_runs(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:
+    def prune(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:
         old = conn.execute(
             # Both ended and ticked more than `keep` ago: with keep > misfire_grace
             # (config validation) a pruned tick can no longer be claimed again.
             select(cron_runs.c.token).where(cron_runs.c.ended_at.is_not(None),
-                                            cron_runs.c.ended_at < _now(now) - keep,
-                                            cron_runs.c.tick < _now(now) - keep)
+                                            cron_runs.c.ended_at < clock(now) - keep,
+                                            cron_runs.c.tick < clock(now) - keep)
             .limit(batch)
         ).scalars().all()
         if old:
@@ -411,5 +397,5 @@ class CronSql:
                 r.exit_code, r.reason,
             ) for r in conn.execute(query)]
 
-        return self._run(work)
+        return self._db.run(work)
 

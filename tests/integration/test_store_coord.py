@@ -636,7 +636,7 @@ def test_an_acquire_waits_for_an_older_slots_renewal_in_flight_and_is_refused(
     must_publish(store, 1, [a, b], now=NOW + 1)  # b's index 1: only the barrier stands between
     renewer = SqlStore(database_url)
     try:
-        reached, release = paused(renewer, "_coord_renew_slots")
+        reached, release = paused(renewer._slots, "renew")
         renewing = in_thread(lambda: sync(renewer, a, old.expires_at - 0.001, slots=[old]))
         assert reached.wait(20), "the renewal never ran"
         # by its snapshot the old slot is expired at this instant; by the renewal, not
@@ -660,7 +660,7 @@ def test_a_publish_waits_for_an_acquire_in_flight_whose_slot_then_blocks_the_nex
     must_publish(store, 0, [a])
     acquirer = SqlStore(database_url)
     try:
-        reached, release = paused(acquirer, "_coord_older_slot_live")
+        reached, release = paused(acquirer._slots, "_older_slot_live")
         acquiring = in_thread(lambda: acquirer.coord_acquire_slot(W, 0, 1, a, TTL,
                                                                   now=NOW + 1))
         assert reached.wait(20), "the acquire never checked the barrier"

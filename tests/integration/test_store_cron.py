@@ -691,13 +691,14 @@ def test_record_missed_is_per_worker_and_takes_an_empty_list(store, a):
 #
 # A claim decides "inside the grace" by the clock, then inserts its run and commits; a
 # recorder decides "past the grace" a moment later. Each test pauses one of them inside its
-# transaction (at a named step of SqlStore) and lets the other run into it: the second must
-# wait for the first, then see what it committed. Joining with a short timeout is how the
-# test checks that it waits; it never decides the outcome.
+# transaction (at a named step of a part of SqlStore) and lets the other run into it: the
+# second must wait for the first, then see what it committed. Joining with a short timeout
+# is how the test checks that it waits; it never decides the outcome.
 
 
-def paused(store: SqlStore, step: str) -> tuple[threading.Event, threading.Event]:
-    """Make `store` stop inside its transaction right after `step`, until released."""
+def paused(store: object, step: str) -> tuple[threading.Event, threading.Event]:
+    """Make `store` (a part of a SqlStore) stop inside its transaction right after `step`,
+    until released."""
     reached, release = threading.Event(), threading.Event()
     original = getattr(store, step)
 
@@ -737,7 +738,7 @@ def test_a_recorder_waits_for_a_claim_inserting_its_run_and_then_records_nothing
         database_url, store, a):
     claimer = SqlStore(database_url)
     try:
-        reached, release = paused(claimer, "_insert_run")
+        reached, release = paused(claimer._cron, "_insert_run")
         claiming = in_thread(lambda: claim(claimer, a, T + GRACE - 0.001))
         assert reached.wait(20), "the claim never inserted its run"
         recording = in_thread(lambda: store.cron_record_missed(
@@ -758,7 +759,7 @@ def test_a_recorder_waits_for_a_claim_inserting_its_run_and_then_records_nothing
 def test_a_claim_running_into_a_recorder_of_its_tick_does_not_run_it(database_url, store, a):
     recorder = SqlStore(database_url)
     try:
-        reached, release = paused(recorder, "_hold_tick")
+        reached, release = paused(recorder._cron, "_hold_tick")
         recording = in_thread(lambda: recorder.cron_record_missed(
             W, [T], grace=GRACE, reason="outage", now=T + GRACE + 1))
         assert reached.wait(20), "the recorder never held the tick"
@@ -784,7 +785,7 @@ def test_an_earlier_tick_claimed_while_a_later_one_replaces_it_is_never_left_run
     wide, long, nxt = 3 * PERIOD, 3 * PERIOD, T + PERIOD
     claimer = SqlStore(database_url)
     try:
-        reached, release = paused(claimer, "_insert_run")
+        reached, release = paused(claimer._cron, "_insert_run")
         earlier = in_thread(lambda: claim(claimer, a, nxt + 1, grace=wide, ttl=long,
                                           replace_earlier=True))
         assert reached.wait(20), "the claim of the earlier tick never inserted its run"

@@ -12,21 +12,31 @@ import psycopg
 import pymysql
 import pytest
 
-from supervisor.errors import StoreUnavailable
+from supervisor.errors import (
+    AuthenticationFailed,
+    DatabaseMissing,
+    StoreUnavailable,
+    TooManyClients,
+)
 from supervisor.store.sql import SqlStore
 from tests.databases import require_backend
 
 SECRET = "s3cret-Pa55"
 
 
-def failure(url: str) -> str:
+def failed(url: str) -> StoreUnavailable:
+    """What the store raised for a call it could not connect for."""
     store = SqlStore(url, timeout=2.0)
     try:
         with pytest.raises(StoreUnavailable) as caught:
             store.db_now()
     finally:
         store.close()
-    message = str(caught.value)
+    return caught.value
+
+
+def failure(url: str) -> str:
+    message = str(failed(url))
     assert SECRET not in message
     return message
 
@@ -84,7 +94,9 @@ def test_mariadb_missing_database_and_refused_login_are_named() -> None:
         f"mysql+pymysql://{missing}:{SECRET}@127.0.0.1:3306/test")
 
 
-def test_mariadb_over_a_connection_limit_is_named() -> None:
+@pytest.fixture
+def user_at_its_limit() -> Iterator[str]:
+    """A MariaDB user allowed one connection, which is in use: a URL for one more."""
     require_backend("mariadb")
     name = f"fs_t_lim_{secrets.token_hex(3)}"
     admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
@@ -93,11 +105,42 @@ def test_mariadb_over_a_connection_limit_is_named() -> None:
             cur.execute(f"CREATE USER '{name}'@'%' WITH MAX_USER_CONNECTIONS 1")
         first = pymysql.connect(host="127.0.0.1", user=name, password="")  # uses up the one
         try:
-            message = failure(f"mysql+pymysql://{name}@127.0.0.1:3306/")
+            yield f"mysql+pymysql://{name}@127.0.0.1:3306/"
         finally:
             first.close()
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP USER '{name}'@'%'")
         admin.close()
+
+
+def test_mariadb_over_a_connection_limit_is_named(user_at_its_limit: str) -> None:
+    message = failure(user_at_its_limit)
     assert "the server refuses new connections" in message
+
+
+# The same causes as types: what is above the store tells them apart without reading text.
+
+
+def test_postgresql_connection_failures_are_typed(limited_role: str) -> None:
+    missing = f"fs_t_missing_{secrets.token_hex(4)}"
+    base = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1"
+    assert isinstance(failed(
+        f"postgresql+psycopg://{limited_role}:{SECRET}@127.0.0.1:5432/postgres"),
+        TooManyClients)
+    assert isinstance(failed(f"{base}:5432/{missing}"), DatabaseMissing)
+    assert isinstance(failed(
+        f"postgresql+psycopg://{missing}:{SECRET}@127.0.0.1:5432/postgres"),
+        AuthenticationFailed)
+    assert type(failed(f"{base}:{free_port()}/postgres")) is StoreUnavailable
+
+
+def test_mariadb_connection_failures_are_typed(user_at_its_limit: str) -> None:
+    assert isinstance(failed(user_at_its_limit), TooManyClients)
+    missing = f"fs_t_missing_{secrets.token_hex(4)}"
+    assert isinstance(failed(f"mysql+pymysql://root@127.0.0.1:3306/{missing}"),
+                      DatabaseMissing)
+    assert isinstance(failed(f"mysql+pymysql://{missing}:{SECRET}@127.0.0.1:3306/test"),
+                      AuthenticationFailed)
+    assert type(failed(f"mysql+pymysql://root:{SECRET}@127.0.0.1:{free_port()}/test")) \
+        is StoreUnavailable
