@@ -76,6 +76,23 @@ The modes
 Modes reach the database only through `port.NodePort` (an import-linter contract
 keeps it so); they ask for, keep and give up what they hold there.
 
+Words
+-----
+
+- **node**: one supervisor process (`NodeSpec` is what its file says: `node_id`,
+  `group`, the database, its workers). A node is a live *member* of the fleet while its
+  membership row is renewed (`store.NodeMember`).
+- **worker**: a `[workers.NAME]` table (`WorkerSpec`); its **children** are the
+  processes started for it.
+- **grant**: the right to run a child, given by the worker's mode; revoked when lost.
+- **hold**: what the database lends a node for a while and the node renews in its sync:
+  a **lease**, a cron **run** or a coordinated **slot**.
+- **slot**: a numbered place that at most one holder takes. A cron tick has `max_run`
+  slots (the child is told its `SUPERVISOR_CRON_SLOT`; a node's own claims of one
+  tick are also numbered, up to `max_per_node`); a coordinated generation has `count`
+  slots, one per index (a `CoordMember` of a worker key holds the slot of its index).
+- **term** / **token**: a lease's term only grows; it is the child's fencing token.
+
 Where things live
 -----------------
 

@@ -50,7 +50,7 @@ from supervisor.store import (
     CronRunRecord,
     Holder,
     LeaseState,
-    Member,
+    NodeMember,
     TermRecord,
 )
 from supervisor.tzinfo_source import UNKNOWN, NodeZoneData, by_version, differ_warning
@@ -82,7 +82,7 @@ def shown_name(worker: str, group: str | None) -> str:
 # --- status ------------------------------------------------------------------------------
 
 
-def status_data(database: str, db_now: float, members: Sequence[Member],
+def status_data(database: str, db_now: float, members: Sequence[NodeMember],
                 leases: Sequence[LeaseState],
                 cron: Sequence[dict[str, Any]] = (),
                 coordinated: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def status_data(database: str, db_now: float, members: Sequence[Member],
     }
 
 
-def zone_data_section(members: Sequence[Member]) -> dict[str, Any]:
+def zone_data_section(members: Sequence[NodeMember]) -> dict[str, Any]:
     """The live nodes' time-zone data compared: node labels by reported version, those
     that report none (older releases) or an unknown one, and the warning line when the
     versions differ (None when they agree)."""
@@ -135,7 +135,7 @@ def _lease_data(lease: LeaseState) -> dict[str, Any]:
     }
 
 
-def coord_section(workers: Mapping[str, WorkerSpec], members: Sequence[Member],
+def coord_section(workers: Mapping[str, WorkerSpec], members: Sequence[NodeMember],
                   read_view: ViewReader, known_keys: KeyLister) -> list[dict[str, Any]]:
     """Every coordinated worker of the file, by worker key.
 
@@ -232,7 +232,7 @@ def cron_rows_needed(worker: WorkerSpec, ticks: int = TICKS_SHOWN) -> int:
 
 
 def cron_section(workers: Mapping[str, WorkerSpec], db_now: float,
-                 members: Sequence[Member], read_runs: RunReader) -> list[dict[str, Any]]:
+                 members: Sequence[NodeMember], read_runs: RunReader) -> list[dict[str, Any]]:
     """Every cron worker of the file, by name: its schedule, next tick and latest ticks."""
     live = {m.holder.nonce for m in members}
     section = []

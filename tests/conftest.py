@@ -19,8 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["tests.databases"]  # database_url fixtures: SQLite, PostgreSQL, MariaDB
+
+# The properties are about values, not speed, and the machines running them are shared: no
+# per-example deadline (200 ms by default) and no too-slow health check, which a loaded CI
+# runner fails at random. Speed is measured in bench/, never asserted in a test.
+settings.register_profile("fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fleet")
 
 SUPERVISOR_BIN = Path(sys.executable).parent / "supervisor"
 WORKERS = Path(__file__).parent / "workers"

@@ -57,8 +57,8 @@ from supervisor.store.records import (
     Holder,
     Lease,
     LeaseState,
-    Member,
     NodeFacts,
+    NodeMember,
     SyncRefusal,
     SyncResult,
     TermRecord,
@@ -147,7 +147,7 @@ class CoordinationStore(Protocol):
         """Remove this process's membership rows, of the node and of every coordinated
         worker key (clean stop): its place in the next generation goes at once."""
 
-    def members(self, *, now: float | None = None) -> list[Member]:
+    def members(self, *, now: float | None = None) -> list[NodeMember]:
         """Live members, unexpired by the database's clock."""
 
     def leases(self, *, now: float | None = None) -> list[LeaseState]:
@@ -314,8 +314,8 @@ __all__ = [
     "Holder",
     "Lease",
     "LeaseState",
-    "Member",
     "NodeFacts",
+    "NodeMember",
     "SyncRefusal",
     "SyncResult",
     "TermRecord",

@@ -63,7 +63,7 @@ class LeaseState:
 
 
 @dataclass(frozen=True)
-class Member:
+class NodeMember:
     """A live supervisor process, and what it computes with (None: not reported)."""
 
     holder: Holder

@@ -49,7 +49,7 @@ from supervisor.store import (
     Holder,
     Lease,
     LeaseState,
-    Member,
+    NodeMember,
     SyncResult,
     TermRecord,
 )
@@ -235,7 +235,7 @@ class SqlStore:
 
         self._db.run(work)
 
-    def members(self, *, now: float | None = None) -> list[Member]:
+    def members(self, *, now: float | None = None) -> list[NodeMember]:
         return self._nodes.members(now=now)
 
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from supervisor.store import Holder, Member, NodeFacts
+from supervisor.store import Holder, NodeFacts, NodeMember
 from supervisor.store.database import Database
 from supervisor.store.dialect import clock
 from supervisor.store.refusals import fit
@@ -49,13 +49,13 @@ class NodeSql:
     def leave(self, conn: Connection, holder: Holder) -> None:
         conn.execute(delete(members).where(members.c.nonce == holder.nonce))
 
-    def members(self, *, now: float | None = None) -> list[Member]:
+    def members(self, *, now: float | None = None) -> list[NodeMember]:
         with self._db.txn() as conn:
             rows = conn.execute(
                 select(members).where(members.c.expires_at > clock(now))
                 .order_by(members.c.node_id, members.c.started_at)
             )
-            return [Member(Holder(r.node_id, r.group_name, r.pid, r.nonce),
+            return [NodeMember(Holder(r.node_id, r.group_name, r.pid, r.nonce),
                            float(r.started_at), float(r.expires_at),
                            r.release, r.tz_source, r.tz_version) for r in rows]
 

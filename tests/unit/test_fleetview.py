@@ -22,7 +22,7 @@ from supervisor.store import (
     CoordStatus,
     CronRunRecord,
     Holder,
-    Member,
+    NodeMember,
     TermRecord,
 )
 
@@ -90,7 +90,7 @@ def test_ticks_are_grouped_newest_first_with_runs_by_slot_and_tick_level_states(
         run(5, T0 - 4, 0, A, "succeeded", ended=T0 - 4 + 1.6, code=0),
         run(6, T0 - 4, 1, B, "failed", ended=T0 - 4 + 0.6, code=3),
     ]
-    members = [Member(A, T0 - 100, T0 + 5)]  # node-b's supervisor is gone
+    members = [NodeMember(A, T0 - 100, T0 + 5)]  # node-b's supervisor is gone
     section = cron_section(workers, T0 + 0.25, members, reader({"job": records}, []))
     ticks = section[1]["ticks"]
     assert [(t["tick"], t["state"]) for t in ticks] == [
@@ -277,8 +277,8 @@ def test_a_key_with_nothing_published_lists_its_live_members_as_joining():
 
 def test_coord_section_reads_one_key_for_global_scope_and_one_per_live_group_for_group():
     workers = parse_config(COORD_CONFIG).workers
-    members = [Member(A, T0 - 100, T0 + 5), Member(C, T0 - 100, T0 + 5),
-               Member(B, T0 - 90, T0 + 5)]
+    members = [NodeMember(A, T0 - 100, T0 + 5), NodeMember(C, T0 - 100, T0 + 5),
+               NodeMember(B, T0 - 90, T0 + 5)]
     gone = "shards/green"  # its nodes are gone but one of them still holds a slot
     views = {
         "indexer": coord("indexer", 1, 3, assigned=((A, 0), (B, 1), (C, 2)), live=(A, B, C)),

@@ -35,7 +35,7 @@ from supervisor.store import (
     Holder,
     Lease,
     LeaseState,
-    Member,
+    NodeMember,
     SyncResult,
     TermRecord,
 )
@@ -151,7 +151,7 @@ class MemoryStore:
             self._leases.leave(holder)
             self._coord.leave(holder)
 
-    def members(self, *, now: float | None = None) -> list[Member]:
+    def members(self, *, now: float | None = None) -> list[NodeMember]:
         with self._lock:
             return self._leases.live_members(self._at(now))
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from supervisor.model import per_group_prefix
-from supervisor.store import Holder, Lease, LeaseState, Member, NodeFacts, TermRecord
+from supervisor.store import Holder, Lease, LeaseState, NodeFacts, NodeMember, TermRecord
 
 REASON_MAX = 255  # the history's reason column: a longer reason is cut, as on SQL
 
@@ -151,10 +151,10 @@ class LeaseTables:
     def leave(self, holder: Holder) -> None:
         self.members.pop(holder.nonce, None)
 
-    def live_members(self, clock: float) -> list[Member]:
+    def live_members(self, clock: float) -> list[NodeMember]:
         rows = sorted((r for r in self.members.values() if r.expires_at > clock),
                       key=lambda r: (r.holder.node_id, r.started_at))
-        return [Member(r.holder, r.started_at, r.expires_at, r.facts.release,
+        return [NodeMember(r.holder, r.started_at, r.expires_at, r.facts.release,
                        r.facts.tz_source, r.facts.tz_version) for r in rows]
 
     # --- upkeep ----------------------------------------------------------------------------
