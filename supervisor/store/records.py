@@ -4,6 +4,7 @@ beyond reading themselves. The contracts they carry are the protocol's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -243,3 +244,22 @@ class SyncRefusal:
     kind: str  # "lease" (held or wanted), "run" (a cron run), "coord" (a coordinated key)
     key: str  # the lease name, the run's token, the worker key
     reason: str  # the database's words (a constraint, a value): never the URL or password
+
+
+def publish_indexes(expected: int, members: Sequence[Holder], count: int,
+                  indexes: Sequence[int | None] | None) -> list[int | None]:
+    """The arguments of `coord_publish` checked (ValueError), and the index each member
+    gets: `indexes` as given, or by position up to `count` (the rest stand by, None).
+    Every store checks them here, before it writes anything."""
+    if expected < 0 or count < 0:
+        raise ValueError(f"expected and count are >= 0, not {expected} and {count}")
+    if len({member.nonce for member in members}) != len(members):
+        raise ValueError("a member is listed twice")
+    if indexes is None:
+        indexes = [i if i < count else None for i in range(len(members))]
+    given = [i for i in indexes if i is not None]
+    if (len(indexes) != len(members) or len(set(given)) != len(given)
+            or any(not 0 <= i < count for i in given)):
+        raise ValueError(f"indexes {list(indexes)} are not one per member, distinct "
+                         f"and in 0..{count - 1}")
+    return list(indexes)

@@ -40,6 +40,7 @@ from supervisor.store import (
 )
 from supervisor.store.database import Database
 from supervisor.store.dialect import clock, new_claim
+from supervisor.store.records import publish_indexes
 from supervisor.store.refusals import Apart
 from supervisor.store.schema import (
     coord_assignments,
@@ -74,17 +75,7 @@ class CoordSql:
         indexes: Sequence[int | None] | None = None,
         now: float | None = None,
     ) -> int | None:
-        if expected < 0 or count < 0:
-            raise ValueError(f"expected and count are >= 0, not {expected} and {count}")
-        if len({member.nonce for member in members}) != len(members):
-            raise ValueError("a member is listed twice")
-        if indexes is None:
-            indexes = [i if i < count else None for i in range(len(members))]
-        given = [i for i in indexes if i is not None]
-        if (len(indexes) != len(members) or len(set(given)) != len(given)
-                or any(not 0 <= i < count for i in given)):
-            raise ValueError(f"indexes {list(indexes)} are not one per member, distinct "
-                             f"and in 0..{count - 1}")
+        indexes = publish_indexes(expected, members, count, indexes)
         if expected == 0:
             # In a transaction of its own, as lease_acquire does: on MariaDB an INSERT
             # IGNORE and the UPDATE in one transaction deadlock against a competitor.

@@ -39,9 +39,10 @@ from supervisor.store import (
     SyncResult,
     TermRecord,
 )
-from supervisor.store.memory.coord import CoordTables, check_publish
+from supervisor.store.memory.coord import CoordTables
 from supervisor.store.memory.cron import FINAL_STATES, CronTables
 from supervisor.store.memory.leases import LeaseTables
+from supervisor.store.records import publish_indexes
 
 __all__ = ["MemoryStore"]
 
@@ -239,7 +240,7 @@ class MemoryStore:
         indexes: Sequence[int | None] | None = None,
         now: float | None = None,
     ) -> int | None:
-        given = check_publish(expected, members, count, indexes)
+        given = publish_indexes(expected, members, count, indexes)
         with self._lock:
             return self._coord.publish(worker_key, expected, members, count, given,
                                        self._at(now))

@@ -59,23 +59,6 @@ class GenerationRow:
     ended_at: float | None = None
 
 
-def check_publish(expected: int, members: Sequence[Holder], count: int,
-                  indexes: Sequence[int | None] | None) -> list[int | None]:
-    """The arguments of `coord_publish` checked, and the indexes it gives (ValueError)."""
-    if expected < 0 or count < 0:
-        raise ValueError(f"expected and count are >= 0, not {expected} and {count}")
-    if len({member.nonce for member in members}) != len(members):
-        raise ValueError("a member is listed twice")
-    if indexes is None:
-        indexes = [i if i < count else None for i in range(len(members))]
-    given = [i for i in indexes if i is not None]
-    if (len(indexes) != len(members) or len(set(given)) != len(given)
-            or any(not 0 <= i < count for i in given)):
-        raise ValueError(f"indexes {list(indexes)} are not one per member, distinct "
-                         f"and in 0..{count - 1}")
-    return list(indexes)
-
-
 class CoordTables:
     """Per worker key: memberships, state and assignment, slots, and the history."""
 
