@@ -44,8 +44,8 @@ def test_hadolint_passes_the_dockerfile_at_its_default_threshold(dockerfile: Pat
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_hadolint_fails_a_dockerfile_that_runs_as_root_by_name() -> None:
-    """The lint can fail: a named user and an unpinned base are findings."""
+def test_hadolint_fails_a_dockerfile_left_as_root_with_unpinned_packages() -> None:
+    """The lint can fail: a final USER root and unpinned pip packages are findings."""
     hadolint = require_tool("hadolint")
     bad = "FROM python:3.11-slim\nUSER root\nRUN pip install requests\n"
     done = subprocess.run([hadolint, "--no-color", "-"], input=bad, capture_output=True,
