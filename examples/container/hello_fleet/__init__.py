@@ -1,0 +1,1 @@
+"""An example worker package for a derived fleet-supervisor image (examples/container/)."""
