@@ -301,6 +301,14 @@ class RestartScheduled(Event):
 
 
 @dataclass(frozen=True)
+class TrustDeadlineKilled(Event):
+    """The trust watchdog SIGKILLed the worker's child at its trust deadline, because the
+    supervisor could not stop it in time (a blocked loop, a long stop, a stopped process)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class WorkerGaveUp(Event):
     """The restart limit was reached: the worker is failed and will not be started again."""
 
