@@ -29,8 +29,9 @@ before they are stopped, so every inner tick's runs have started and ended.
   `succeeded` rows in SqlStore.cron_runs(), the same tokens, nodes and slots as the runs saw;
 - statements per node per second: bench/dbload.py's method, over the same window:
   pg_stat_statements when the server has it loaded, otherwise derived from every node's
-  own count of database calls by operation (supervisor_db_operation_duration_seconds_count) and of claims by
-  result (supervisor_cron_claims_total), times the statements each issues on PostgreSQL
+  own count of database calls by operation
+  (supervisor_db_operation_duration_seconds_count) and of claims by result
+  (supervisor_cron_claims_total), times the statements each issues on PostgreSQL
   (supervisor/store/sql.py and sql_cron.py, overlap "allow"; BEGIN/COMMIT not counted),
   scaled to the transactions pg_stat_database counted:
     node_sync     = INSERT .. ON CONFLICT .. RETURNING (heartbeat, returns the database

@@ -181,6 +181,12 @@ class Metrics:
                            "generation; -1 while standing by", ["worker"], registry=r)
         self.count = Gauge("supervisor_coordinated_instances", "The count of the generation this "
                            "node runs in", ["worker"], registry=r)
+        self.rebalance = Gauge("supervisor_coordinated_rebalance_seconds", "How long the last "
+                               "change of live members took to be published as a generation, "
+                               "as the node that publishes generations saw it", ["worker"],
+                               registry=r)
+        self._members_seen: dict[str, tuple[int, float]] = {}  # worker -> (members, since)
+        self._generation_seen: dict[str, int] = {}
 
     def add_worker(self, name: str, spec: WorkerSpec) -> None:
         """Create every series of a configured worker, at its idle value."""
@@ -254,11 +260,7 @@ class Metrics:
     def _mode(self, event: Event) -> None:
         name = event.worker
         if isinstance(event, CoordinationSeen):
-            if event.members is not None:
-                self.members.labels(name).set(event.members)
-            else:  # not (or no longer) the publisher: a stale count would mislead a max()
-                with contextlib.suppress(KeyError):
-                    self.members.remove(name)
+            self._coordinated_seen(event)
             self.generation.labels(name).set(event.generation)
             self.index.labels(name).set(-1 if event.index is None else event.index)
             self.count.labels(name).set(event.count)
@@ -272,6 +274,23 @@ class Metrics:
             self.cron_last_tick.labels(name).set(event.tick)
             if event.state == "succeeded":
                 self.cron_last_success.labels(name).set(time.time())
+
+    def _coordinated_seen(self, event: CoordinationSeen) -> None:
+        """Members as the publisher sees them, and the time from a change of members to
+        the generation that covers it (measured on this process's monotonic clock)."""
+        name, now = event.worker, time.monotonic()
+        if event.members is None:  # not (or no longer) the publisher: a stale count
+            with contextlib.suppress(KeyError):  # would mislead a max() over nodes
+                self.members.remove(name)
+            self._members_seen.pop(name, None)
+        else:
+            self.members.labels(name).set(event.members)
+            if self._members_seen.get(name, (None, 0.0))[0] != event.members:
+                self._members_seen[name] = (event.members, now)
+        seen = self._generation_seen.get(name)
+        self._generation_seen[name] = event.generation
+        if seen is not None and event.generation > seen and name in self._members_seen:
+            self.rebalance.labels(name).set(now - self._members_seen[name][1])
 
     def _coordination(self, event: Event) -> None:
         if isinstance(event, LeadershipGained):
