@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -73,8 +74,11 @@ class PrometheusServer:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            body = json.load(answer)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                body = json.load(answer)
+        except urllib.error.HTTPError as exc:  # a bad query: say which, and why
+            raise AssertionError(f"{path} {params}: {exc.read().decode(errors='replace')}") from None
         if body.get("status") != "success":
             raise AssertionError(f"{path} {params}: {body}")
         return body["data"]
