@@ -78,7 +78,8 @@ class PrometheusServer:
             with urllib.request.urlopen(url, timeout=10) as answer:
                 body = json.load(answer)
         except urllib.error.HTTPError as exc:  # a bad query: say which, and why
-            raise AssertionError(f"{path} {params}: {exc.read().decode(errors='replace')}") from None
+            why = exc.read().decode(errors="replace")
+            raise AssertionError(f"{path} {params}: {why}") from None
         if body.get("status") != "success":
             raise AssertionError(f"{path} {params}: {body}")
         return body["data"]
