@@ -131,8 +131,8 @@ class HealthServer:
             if parsed is None:
                 response = _BAD_REQUEST
             else:
-                method, path, accept = parsed
-                response = self._answer(method, path, accept)
+                method, path = parsed
+                response = self._answer(method, path, _accept(head))
         if writer.transport.is_closing():
             return
         self._open[writer] = True
@@ -168,13 +168,17 @@ class HealthServer:
         return "404 Not Found", "text/plain", b"not found\n"
 
 
-def _parse_head(head: bytes) -> tuple[str, str, str] | None:
-    """The method, target and Accept header ("" if none) of a well-formed HTTP/1.x
-    request head, else None."""
+def _parse_head(head: bytes) -> tuple[str, str] | None:
+    """The method and target of a well-formed HTTP/1.x request head, else None."""
     lines = head[:-4].split(b"\r\n")
     request = _REQUEST_LINE.fullmatch(lines[0])
     if request is None or not all(_HEADER.fullmatch(line) for line in lines[1:]):
         return None
-    accept = ", ".join(line.split(b":", 1)[1].strip().decode("latin-1") for line in lines[1:]
-                       if line.split(b":", 1)[0].lower() == b"accept")
-    return request[1].decode("ascii"), request[2].decode("ascii"), accept
+    return request[1].decode("ascii"), request[2].decode("ascii")
+
+
+def _accept(head: bytes) -> str:
+    """The Accept header of a well-formed request head ("" if none; several joined)."""
+    fields = (line.split(b":", 1) for line in head[:-4].split(b"\r\n")[1:])
+    return ", ".join(value.strip().decode("latin-1") for name, value in fields
+                     if name.lower() == b"accept")

@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
@@ -311,7 +311,11 @@ class Metrics:
             result = "ok" if event.ok else "error"
             self.db_seconds.labels(event.operation, result).observe(event.seconds)
 
-    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+    def exposition(self) -> bytes:
+        """The Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def negotiated(self, accept: str) -> tuple[bytes, str]:
         """The body and its content type: OpenMetrics when `accept` (the scraper's Accept
         header) asks for it, else the Prometheus text format."""
         encoder, content_type = choose_encoder(accept)

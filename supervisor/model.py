@@ -373,7 +373,7 @@ class DatabaseCall(Event):
 
 @dataclass(frozen=True)
 class CronClaimed(Event):
-    """What this node's claim of a cron tick got (the `result` of supervisor_claims_total):
+    """What this node's claim of a cron tick got (the `result` of supervisor_cron_claims_total):
     acquired, full, missed, overlap (skipped: an earlier run is still going), or error."""
 
     tick: float

@@ -56,7 +56,7 @@ def test_failure_counters_start_at_0_for_every_worker_that_can_fail() -> None:
 
 def test_info_series_name_the_release_the_node_and_each_workers_mode() -> None:
     m = fresh()
-    body = m.exposition("")[0].decode()
+    body = m.exposition().decode()
     assert re.search(r'^supervisor_build_info\{version="[^"]+"\} 1\.0$', body, re.M)
     assert sample(m, "supervisor_node_info", node_id="n1", group="east") == 1
     assert sample(m, "supervisor_worker_info", worker="tick", mode="cron") == 1
@@ -65,16 +65,16 @@ def test_info_series_name_the_release_the_node_and_each_workers_mode() -> None:
 
 
 def test_no_created_series() -> None:
-    assert "_created" not in fresh().exposition("")[0].decode()
+    assert "_created" not in fresh().exposition().decode()
 
 
 def test_openmetrics_when_the_scraper_asks_for_it_else_the_text_format() -> None:
     m = fresh()
-    body, content_type = m.exposition("application/openmetrics-text;version=1.0.0,"
+    body, content_type = m.negotiated("application/openmetrics-text;version=1.0.0,"
                                       "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
-    body, content_type = m.exposition("")
+    body, content_type = m.negotiated("")
     assert content_type.startswith("text/plain")
     assert not body.endswith(b"# EOF\n")
 
