@@ -179,9 +179,10 @@ def test_every_exported_family_is_on_a_dashboard_panel() -> None:
     assert not missing, f"metric families on no dashboard panel: {missing}"
 
 
-def test_every_dashboard_panel_is_filtered_by_job_instance_and_worker() -> None:
-    """The variables apply to every panel: job and instance everywhere (group chooses
-    the instances), worker wherever the series has a worker label."""
+def test_every_dashboard_query_is_filtered_by_job_and_instance() -> None:
+    """The variables apply to every panel: every selector names job and instance (the
+    group variable chooses the instances; the worker variable is on every selector of a
+    per-worker panel), and no metric is read without a selector."""
     for expr in _dashboard_exprs():
         for selector in re.findall(r"supervisor_[a-z0-9_]+\{([^}]*)\}", expr):
             assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, expr
