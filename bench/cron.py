@@ -29,8 +29,9 @@ before they are stopped, so every inner tick's runs have started and ended.
   `succeeded` rows in SqlStore.cron_runs(), the same tokens, nodes and slots as the runs saw;
 - statements per node per second: bench/dbload.py's method, over the same window:
   pg_stat_statements when the server has it loaded, otherwise derived from every node's
-  own count of database calls by operation (supervisor_db_seconds_count) and of claims by
-  result (supervisor_claims_total), times the statements each issues on PostgreSQL
+  own count of database calls by operation
+  (supervisor_db_operation_duration_seconds_count) and of claims by result
+  (supervisor_cron_claims_total), times the statements each issues on PostgreSQL
   (supervisor/store/sql_nodes.py and sql_cron.py, overlap "allow"; BEGIN/COMMIT not counted),
   scaled to the transactions pg_stat_database counted:
     node_sync     = INSERT .. ON CONFLICT .. RETURNING (heartbeat, returns the database
@@ -94,7 +95,7 @@ CRONPROBE = ROOT / "tests" / "workers" / "cronprobe.py"
 WORKER = "job"
 PERIOD = 1.0  # "@every 1s"
 LAG_TARGET = 0.5  # SPEC.md "How fast": a cron tick starts within half a second
-CLAIMS = re.compile(r'^supervisor_claims_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
+CLAIMS = re.compile(r'^supervisor_cron_claims_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 
 # Statements per call on PostgreSQL (see the module docstring), steady state.
 PER_CALL = {"node_sync": 1, "cron_finish": 2, "maintain": 4, "cron_recorded": 2,

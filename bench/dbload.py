@@ -16,9 +16,9 @@ measures over --window seconds:
 - statements: from pg_stat_statements (sum of calls for the bench's database) when the
   server has it loaded (shared_preload_libraries; the bench never reconfigures or restarts
   the server); otherwise derived: every node's own count of database calls by operation
-  (its `supervisor_db_seconds_count` metric) times the statements each call issues on
-  PostgreSQL, read from supervisor/store/sql_nodes.py and sql_leases.py (BEGIN/COMMIT not
-  counted):
+  (its `supervisor_db_operation_duration_seconds_count` metric) times the statements
+  each call issues on PostgreSQL, read from supervisor/store/sql_nodes.py and
+  sql_leases.py (BEGIN/COMMIT not counted):
     node_sync  = INSERT .. ON CONFLICT .. RETURNING (heartbeat; returns the database clock)
                  + UPDATE .. RETURNING (renew, if the node holds a lease)
                  + UPDATE .. RETURNING (acquire, if the node waits for a lease)
@@ -50,7 +50,8 @@ from pgfleet import Fleet, config_head, free_port, pg_admin, preflight, query, s
 from procs import results_path, wait_until
 
 NODES = ("a", "b", "c")
-METRIC = re.compile(r'^supervisor_db_seconds_count\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
+METRIC = re.compile(r'^supervisor_db_operation_duration_seconds_count'
+                    r'\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 # Statements per call on PostgreSQL (see the module docstring), steady state.
@@ -243,7 +244,7 @@ def print_table(results: list[dict[str, Any]], source_note: str, args: argparse.
         "nodes; read from the postgres database, so the bench's reading is not counted.",
         f"- stmts/s/node: {source_note}",
         "- calls/s/node: database calls counted by the nodes themselves "
-        "(supervisor_db_seconds_count, all operations); per node and operation:",
+        "(supervisor_db_operation_duration_seconds_count, all operations); per node and operation:",
     ]
     for r in results:
         parts = []

@@ -39,15 +39,16 @@ Measured (all from outside the nodes, except the latency histograms):
   from the n_tup_* deltas of pg_stat_user_tables; statements/s only through PgBouncer
   (total_query_count, which counts every statement on the wire, BEGIN/COMMIT and the
   SET LOCAL timeouts included) since pg_stat_statements is not loaded; the nodes' own
-  database calls by operation from `supervisor_db_seconds_count`;
+  database calls by operation from `supervisor_db_operation_duration_seconds_count`;
 - CPU from /proc over the window: the PostgreSQL server (postmaster with its reaped children
   plus every live child: all databases, other users of the server included) and this
   database's backends alone; the supervisors (the `supervisor run` processes only), the
   whole fleet (every marked process, reaped children included), PgBouncer, the machine;
 - memory: VmRSS and Pss (smaps_rollup) of each supervisor process, its watchdog apart;
-- sync latency: `supervisor_db_seconds` bucket deltas over the window, merged over the
-  scraped nodes (--scrape, default all), quantiles interpolated inside buckets the way
-  Prometheus's histogram_quantile does (the buckets are 1, 2.5, 5, 10, 25 ms ...: coarse);
+- sync latency: `supervisor_db_operation_duration_seconds` bucket deltas over the
+  window, merged over the scraped nodes (--scrape, default all), quantiles interpolated
+  inside buckets the way Prometheus's histogram_quantile does (the buckets are 1, 2.5, 5,
+  10, 25 ms ...: coarse);
 - cron tick lag: claimed_at - tick from fs_cron_runs (database clock), and the probe's own
   start - tick (child running);
 - after the run: pg_stat_user_tables (updates, HOT updates, dead and live tuples) and sizes of
@@ -113,7 +114,8 @@ PG_PORT = 5432
 APP = "fleet-supervisor"
 BENCH_APP = "fleet-bench-scale"
 ERROR_WORDS = ("unreachable", "refuses new connections")
-BUCKET = re.compile(r'^supervisor_db_seconds_(?P<kind>bucket|count|sum)\{(?P<labels>[^}]*)\}'
+BUCKET = re.compile(r'^supervisor_db_operation_duration_seconds_(?P<kind>bucket|count|sum)'
+                    r'\{(?P<labels>[^}]*)\}'
                     r'\s+(?P<value>\S+)$')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
@@ -1117,7 +1119,8 @@ def report(out: Outcome, workdir: Path, args: argparse.Namespace) -> dict[str, A
     result["failed_calls"] = dict(errs)
 
     # latency
-    print(f"\ndatabase call latency in the window (supervisor_db_seconds, {scraped} nodes, "
+    print("\ndatabase call latency in the window "
+          f"(supervisor_db_operation_duration_seconds, {scraped} nodes, "
           "bucket deltas; buckets 1, 2.5, 5, 10, 25, 50, 100, 250 ms ...; values "
           "interpolated inside a bucket)")
     lat: dict[str, Any] = {}

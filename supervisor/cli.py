@@ -243,10 +243,10 @@ async def _serve(spec: NodeSpec, config_path: Path, output: Output) -> int:
         from supervisor.http import HealthServer
         from supervisor.metrics import Metrics
 
-        metrics = Metrics(workers=spec.workers)
+        metrics = Metrics(workers=spec.workers, node_id=spec.node_id, group=spec.group)
         output.count_drops(metrics.output_dropped_line)
         subscribers.append(metrics)
-        server = HealthServer(spec.metrics.host, spec.metrics.port, metrics.exposition,
+        server = HealthServer(spec.metrics.host, spec.metrics.port, metrics.negotiated,
                               ready=supervisor.ready)
         try:
             await server.start()

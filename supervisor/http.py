@@ -1,5 +1,8 @@
 """A small HTTP server on the event loop: /metrics, /healthz, /readyz.
 
+/metrics answers in the format the scraper's Accept header asks for (OpenMetrics for
+Prometheus, else the Prometheus text format): the metrics callable chooses.
+
 It runs on the supervisor's own loop, so /healthz answering 200 proves the main
 loop is alive (a wedged loop answers nothing). prometheus-client's
 start_http_server would answer every path with metrics, and take a thread.
@@ -27,8 +30,6 @@ import logging
 import re
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 log = logging.getLogger("supervisor")
 
 _MAX_REQUEST = 8192  # bytes of request head (request line and headers)
@@ -51,7 +52,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
-        metrics: Callable[[], bytes],
+        metrics: Callable[[str], tuple[bytes, str]],
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.host = host
@@ -131,7 +132,7 @@ class HealthServer:
                 response = _BAD_REQUEST
             else:
                 method, path = parsed
-                response = self._answer(method, path)
+                response = self._answer(method, path, _accept(head))
         if writer.transport.is_closing():
             return
         self._open[writer] = True
@@ -144,19 +145,20 @@ class HealthServer:
             writer.close()
             await writer.wait_closed()
 
-    def _answer(self, method: str, path: str) -> Response:
+    def _answer(self, method: str, path: str, accept: str) -> Response:
         try:
-            return self._route(method, path)
+            return self._route(method, path, accept)
         except Exception as exc:
             log.warning("metrics endpoint: %s %s failed: %r", method, path.split("?", 1)[0], exc)
             return "500 Internal Server Error", "text/plain", b"internal error\n"
 
-    def _route(self, method: str, path: str) -> Response:
+    def _route(self, method: str, path: str, accept: str) -> Response:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
         path = path.split("?", 1)[0]
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, self._metrics()
+            body, content_type = self._metrics(accept)  # OpenMetrics if the scraper asks
+            return "200 OK", content_type, body
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
@@ -173,3 +175,10 @@ def _parse_head(head: bytes) -> tuple[str, str] | None:
     if request is None or not all(_HEADER.fullmatch(line) for line in lines[1:]):
         return None
     return request[1].decode("ascii"), request[2].decode("ascii")
+
+
+def _accept(head: bytes) -> str:
+    """The Accept header of a well-formed request head ("" if none; several joined)."""
+    fields = (line.split(b":", 1) for line in head[:-4].split(b"\r\n")[1:])
+    return ", ".join(value.strip().decode("latin-1") for name, value in fields
+                     if name.lower() == b"accept")

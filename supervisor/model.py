@@ -301,6 +301,14 @@ class RestartScheduled(Event):
 
 
 @dataclass(frozen=True)
+class TrustDeadlineKilled(Event):
+    """The trust watchdog SIGKILLed the worker's child at its trust deadline, because the
+    supervisor could not stop it in time (a blocked loop, a long stop, a stopped process)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class WorkerGaveUp(Event):
     """The restart limit was reached: the worker is failed and will not be started again."""
 
@@ -365,7 +373,7 @@ class DatabaseCall(Event):
 
 @dataclass(frozen=True)
 class CronClaimed(Event):
-    """What this node's claim of a cron tick got (the `result` of supervisor_claims_total):
+    """What this node's claim of a cron tick got (the `result` of supervisor_cron_claims_total):
     acquired, full, missed, overlap (skipped: an earlier run is still going), or error."""
 
     tick: float

@@ -40,6 +40,7 @@ from supervisor.model import (
     Event,
     ExitReason,
     ExitStatus,
+    TrustDeadlineKilled,
     WorkerExited,
     WorkerOutput,
     WorkerStarted,
@@ -276,6 +277,7 @@ class ChildRunner:
         if proc.killed_by_watchdog:
             log.warning("%s: killed at its trust deadline by the trust watchdog (pid %d): "
                         "the supervisor could not stop it in time", self.name, proc.pid)
+            self._publish(TrustDeadlineKilled(self.name, proc.pid))
             return TRUST, "its trust deadline passed (killed by the trust watchdog)"
         if grant.trusted and boottime() >= grant.trust_deadline():
             # It ended by itself (status.describe() says how), but only once its trust

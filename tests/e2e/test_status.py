@@ -87,7 +87,8 @@ stop_timeout = "1s"
                          body)
     assert renewals and float(renewals.group(1)) >= 1
     assert re.search(r"supervisor_heartbeat_timestamp_seconds 1\.\d+e\+09", body)
-    assert re.search(r'supervisor_db_seconds_count\{operation="node_sync",result="ok"\} \d', body)
+    assert re.search(r'supervisor_db_operation_duration_seconds_count'
+                     r'\{operation="node_sync",result="ok"\} \d', body)
     assert "supervisor_db_clock_offset_seconds" in body
 
     run.signal(signal.SIGTERM)

@@ -32,7 +32,7 @@ def serving(test: Callable[[HealthServer, int], Awaitable[Any]],
 
     async def main() -> Any:
         asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
-        server = HealthServer("127.0.0.1", 0, metrics)
+        server = HealthServer("127.0.0.1", 0, lambda _accept: (metrics(), "text/plain"))
         port = await server.start()
         serve = asyncio.create_task(server.serve())
         try:

@@ -123,10 +123,10 @@ def test_every_config_model_is_checked() -> None:
 
 def _exported_names() -> set[str]:
     suffixes = {
-        "counter": ("_total", "_created"),
+        "counter": ("_total",),  # no _created series (disable_created_metrics)
         "gauge": ("",),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "summary": ("", "_sum", "_count", "_created"),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
         "info": ("_info",),
         "stateset": ("",),
         "enum": ("",),
@@ -154,6 +154,40 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert used, "the dashboard queries no supervisor_* metric"
     unknown = sorted(used - _exported_names())
     assert not unknown, f"grafana/dashboard.json queries metrics nobody exports: {unknown}"
+
+
+RULES = ROOT / "supervisor" / "alerts.yml"
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_alert_rules_use_only_exported_metrics() -> None:
+    used = set(METRIC_NAME.findall(RULES.read_text(encoding="utf-8")))
+    assert used, "the alert rules read no supervisor_* metric"
+    unknown = sorted(used - _exported_names())
+    assert not unknown, f"supervisor/alerts.yml reads metrics nobody exports: {unknown}"
+
+
+def test_every_exported_family_is_on_a_dashboard_panel() -> None:
+    shown = {name for expr in _dashboard_exprs() for name in METRIC_NAME.findall(expr)}
+    families = {family.name for family in Metrics().registry.collect()}
+    missing = sorted(f for f in families
+                     if not any(name == f or name.startswith(f + "_") for name in shown))
+    assert not missing, f"metric families on no dashboard panel: {missing}"
+
+
+def test_every_dashboard_query_is_filtered_by_job_and_instance() -> None:
+    """The variables apply to every panel: every selector names job and instance (the
+    group variable chooses the instances; the worker variable is on every selector of a
+    per-worker panel), and no metric is read without a selector."""
+    for expr in _dashboard_exprs():
+        for selector in re.findall(r"supervisor_[a-z0-9_]+\{([^}]*)\}", expr):
+            assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, expr
+        for name in re.finditer(r"\bsupervisor_[a-z0-9_]+", expr):
+            assert expr[name.end():name.end() + 1] == "{", f"unfiltered {name[0]} in {expr}"
 
 
 def test_dashboard_has_a_prometheus_datasource_variable() -> None:
