@@ -1,13 +1,16 @@
-"""The NodeSync's trust rules, against a scripted store (no database, no children)."""
+"""The NodeSync's trust rules, against the in-memory store behind scripted faults (no
+database, no children)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -19,84 +22,95 @@ from supervisor.errors import StoreUnavailable
 from supervisor.model import Event, LeadershipGained, LeadershipLost, Mode
 from supervisor.spec import CoordinationSpec
 from supervisor.store import CronRun, Holder, Lease, SyncResult
+from supervisor.store.memory import MemoryStore
 
 TIMING = CoordinationSpec(lease_ttl=2.0, renew_interval=0.05, renew_deadline=0.3)
 ME = Holder("n1", "g", 1, "nonce-1")
+OTHER = Holder("n2", "g", 2, "nonce-2")
 
 
 class ScriptedStore:
-    """Grants every wanted lease; then behaves as the test says: fine, hanging, or 'lost'.
-
-    Cron runs passed to node_sync are renewed (expires_at + 1 each time) unless the test
-    scripts them into `lose_runs` (runs_lost), `drop_runs` (neither kept nor lost) or
-    `stop_runs` (kept, and in runs_stop). The database clock reads `time.monotonic() +
-    clock_skew` halfway through a round trip of `2 * delay` seconds.
+    """A `MemoryStore` (the store's own contracts: terms, renewals, expiry) behind the
+    faults a test scripts: `behaviour` "fine", "hang" (the call blocks until
+    interrupted), "down" (unreachable) or "lost" (another node has taken every lease
+    this node holds, as after an expiry). Cron runs scripted into `lose_runs` are
+    answered lost, into `drop_runs` neither kept nor lost, into `stop_runs` kept and
+    asked to stop. The database clock reads `time.monotonic() + clock_skew` halfway
+    through a round trip of `2 * delay` seconds.
     """
 
     def __init__(self) -> None:
-        self.term = 0
+        self.memory = MemoryStore(clock=self.db_clock)
         self.behaviour = "fine"
         self.released: list[tuple[str, int, str]] = []
         self.interrupted = threading.Event()
         self.unblock = threading.Event()
-        self.calls = 0
         self.clock_skew = 0.0
         self.delay = 0.0
         self.lose_runs: set[int] = set()
         self.drop_runs: set[int] = set()
         self.stop_runs: set[int] = set()
         self.synced_runs: list[tuple[CronRun, ...]] = []  # what each sync was asked to renew
+        self.answered_runs: list[dict[int, CronRun]] = []  # what each sync renewed
         self._synced = threading.Condition()
 
-    def upgrade(self) -> None: ...
+    def db_clock(self) -> float:
+        return time.monotonic() + self.clock_skew
 
-    def schema_state(self) -> None: ...
+    def upgrade(self) -> None:
+        self.memory.upgrade()
 
-    def lease_ensure(self, names: Sequence[str]) -> None: ...
+    def schema_state(self) -> None:
+        self.memory.schema_state()
+
+    def lease_ensure(self, names: Sequence[str], *, now: float | None = None) -> None:
+        self.memory.lease_ensure(names, now=now)
 
     def node_sync(self, holder: Holder, *, held: Sequence[Lease], wanted: Sequence[str],
-                  ttl: float, runs: Sequence[CronRun] = (),
-                  now: float | None = None) -> SyncResult:
-        self.calls += 1
+                  ttl: float, runs: Sequence[CronRun] = (), now: float | None = None,
+                  **coordinated: Any) -> SyncResult:
         if self.behaviour == "hang":
             self.unblock.wait(10)
             raise StoreUnavailable("cut")
         if self.behaviour == "down":
             raise StoreUnavailable("down")
-        threading.Event().wait(self.delay)  # the request on its way
-        db_now = time.monotonic() + self.clock_skew
-        threading.Event().wait(self.delay)  # the answer on its way
-        try:
-            return self._answer(holder, held, wanted, runs, db_now)
-        finally:
-            with self._synced:
-                self.synced_runs.append(tuple(runs))
-                self._synced.notify_all()
-
-    def _answer(self, holder: Holder, held: Sequence[Lease], wanted: Sequence[str],
-                runs: Sequence[CronRun], db_now: float) -> SyncResult:
-        kept = {run.token: replace(run, expires_at=run.expires_at + 1) for run in runs
-                if run.token not in self.lose_runs | self.drop_runs}
-        cron = {"runs_kept": kept,
-                "runs_lost": tuple(r.token for r in runs if r.token in self.lose_runs),
-                "runs_stop": tuple(token for token in kept if token in self.stop_runs)}
         if self.behaviour == "lost":
-            return SyncResult(db_now=db_now, lost=tuple(lease.name for lease in held), **cron)
-        acquired = {}
-        for name in wanted:
-            self.term += 1
-            acquired[name] = Lease(name, holder, self.term, 1e9)
-        return SyncResult(db_now=db_now, kept={lease.name: lease for lease in held},
-                          acquired=acquired, **cron)
+            self._taken_by_another(held, ttl)
+        threading.Event().wait(self.delay)  # the request on its way
+        result = self.memory.node_sync(holder, held=held, wanted=wanted, ttl=ttl, runs=runs,
+                                       now=self.db_clock(), **coordinated)
+        threading.Event().wait(self.delay)  # the answer on its way
+        result = self._scripted(result, runs)
+        with self._synced:
+            self.synced_runs.append(tuple(runs))
+            self.answered_runs.append(dict(result.runs_kept))
+            self._synced.notify_all()
+        return result
 
-    def wait_syncs(self, count: int, timeout: float = 5.0) -> list[tuple[CronRun, ...]]:
-        """Block until `count` more syncs have answered; what those syncs were asked."""
+    def _taken_by_another(self, held: Sequence[Lease], ttl: float) -> None:
+        expired = self.db_clock() + ttl + 1.0  # past any renewal this node made by now
+        for lease in held:
+            self.memory.lease_acquire(lease.name, OTHER, ttl, now=expired)
+
+    def _scripted(self, result: SyncResult, runs: Sequence[CronRun]) -> SyncResult:
+        gone = self.lose_runs | self.drop_runs
+        kept = {token: run for token, run in result.runs_kept.items() if token not in gone}
+        lost = set(result.runs_lost) | {run.token for run in runs if run.token in self.lose_runs}
+        stop = set(result.runs_stop) | {token for token in kept if token in self.stop_runs}
+        return replace(result, runs_kept=kept, runs_lost=tuple(sorted(lost)),
+                       runs_stop=tuple(sorted(stop)))
+
+    def wait_syncs(self, count: int, timeout: float = 5.0
+                   ) -> tuple[list[tuple[CronRun, ...]], list[dict[int, CronRun]]]:
+        """Block until `count` more syncs have answered; what those syncs were asked, and
+        what they answered renewed."""
         with self._synced:
             start = len(self.synced_runs)
             if not self._synced.wait_for(lambda: len(self.synced_runs) >= start + count,
                                          timeout):
                 raise TimeoutError(f"fewer than {count} syncs within {timeout}s")
-            return self.synced_runs[start:start + count]
+            return (self.synced_runs[start:start + count],
+                    self.answered_runs[start:start + count])
 
     def interrupt(self) -> None:
         self.interrupted.set()
@@ -105,14 +119,25 @@ class ScriptedStore:
     def lease_release(self, lease: Lease, *, reason: str = "released",
                       now: float | None = None) -> bool:
         self.released.append((lease.name, lease.term, reason))
-        return True
+        return self.memory.lease_release(lease, reason=reason, now=now)
 
     def maintain(self, keep: float, *, now: float | None = None, batch: int = 500) -> int:
-        return 0
+        return self.memory.maintain(keep, now=now, batch=batch)
 
-    def node_leave(self, holder: Holder) -> None: ...
+    def node_leave(self, holder: Holder) -> None:
+        self.memory.node_leave(holder)
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        self.memory.close()
+
+    def claimed(self, later: float = 0.0, ttl: float = TIMING.lease_ttl) -> CronRun:
+        """A run of the cron worker "report" this node has just claimed (`later`: so many
+        seconds after the first tick's)."""
+        now = self.db_clock()
+        outcome = self.memory.cron_claim("report", math.floor(now) - 1.0 + later, holder=ME,
+                                         max_run=2, ttl=ttl, grace=60.0, now=now)
+        assert outcome.run is not None, outcome
+        return outcome.run
 
 
 async def started(store: ScriptedStore, events: list[Event]) -> tuple[NodeSync, asyncio.Task]:
@@ -232,18 +257,14 @@ def test_followers_back_off_while_the_database_is_down_and_holders_do_not():
 
 # --- cron runs: renewed in the node's one sync, trusted like a lease ----------------------
 
-def cron_run(token: int) -> CronRun:
-    return CronRun(token, "report", 1_900_000_000.0, 0, ME, expires_at=10.0)
-
-
-async def tracked(store: ScriptedStore, token: int = 7
-                  ) -> tuple[NodeSync, asyncio.Task, Grant]:
+async def tracked(store: ScriptedStore) -> tuple[NodeSync, asyncio.Task, Grant, CronRun]:
     keeper, task = await started(store, [])
     async with asyncio.timeout(5):
         await keeper.clock_ready()
     grant = Grant(stop_grace=TIMING.leader_stop_grace)
-    keeper.keep_run(cron_run(token), grant, keeper.stamp())
-    return keeper, task, grant
+    run = store.claimed()
+    keeper.keep_run(run, grant, keeper.stamp())
+    return keeper, task, grant, run
 
 
 async def tightened(grant: Grant) -> None:
@@ -256,36 +277,40 @@ async def tightened(grant: Grant) -> None:
 
 
 async def syncs(store: ScriptedStore, count: int) -> list[tuple[CronRun, ...]]:
-    return await asyncio.to_thread(store.wait_syncs, count)
+    return (await asyncio.to_thread(store.wait_syncs, count))[0]
 
 
 def test_a_tracked_run_is_renewed_in_every_sync_and_trusted_on():
-    async def main() -> tuple[list[tuple[CronRun, ...]], bool]:
+    async def main() -> tuple[list[tuple[CronRun, ...]], list[dict[int, CronRun]], bool,
+                              CronRun]:
         store = ScriptedStore()
-        keeper, task, grant = await tracked(store)
+        keeper, task, grant, run = await tracked(store)
         # Far longer than renew_deadline after the claim: trusted only if renewals count.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.5 * TIMING.renew_deadline):
                 await grant.revoked.wait()
-        seen = await syncs(store, 3)
+        seen, answered = await asyncio.to_thread(store.wait_syncs, 3)
         await stopped(keeper, task)
-        return seen, grant.revoked.is_set()
+        return seen, answered, grant.revoked.is_set(), run
 
-    seen, revoked = asyncio.run(main())
+    seen, answered, revoked, run = asyncio.run(main())
     assert not revoked
-    assert all([run.token for run in runs] == [7] for runs in seen)
-    # each sync passes on what the previous one renewed (the store adds 1 to expires_at)
+    assert all([r.token for r in runs] == [run.token] for runs in seen)
+    # each sync passes on what the previous one renewed, and each renewal moves it on
     expiries = [runs[0].expires_at for runs in seen]
-    assert expiries == [expiries[0], expiries[0] + 1, expiries[0] + 2]
-    assert expiries[0] > 10.0
+    renewed = [kept[run.token].expires_at for kept in answered]
+    assert expiries[1:] == renewed[:-1]
+    assert all(after > before for before, after in zip(expiries, renewed, strict=True))
+    assert expiries[0] > run.expires_at  # renewed since the claim
 
 
 def test_a_run_the_database_neither_renews_nor_loses_is_trusted_for_renew_deadline():
     async def main() -> tuple[float, Grant]:
         store = ScriptedStore()
-        store.drop_runs = {7}
         loop = asyncio.get_running_loop()
-        keeper, task, grant = await tracked(store)
+        store.drop_runs = {1}  # the first claim's token: the run tracked next
+        keeper, task, grant, run = await tracked(store)
+        assert run.token == 1
         tracked_at = loop.time()
         async with asyncio.timeout(5):
             await grant.revoked.wait()
@@ -303,9 +328,9 @@ def test_a_run_the_database_neither_renews_nor_loses_is_trusted_for_renew_deadli
 def test_a_run_the_database_calls_lost_is_revoked_with_no_grace_and_no_longer_renewed():
     async def main() -> tuple[Grant, list[tuple[CronRun, ...]]]:
         store = ScriptedStore()
-        keeper, task, grant = await tracked(store)
+        keeper, task, grant, run = await tracked(store)
         await syncs(store, 1)
-        store.lose_runs = {7}
+        store.lose_runs = {run.token}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
         after = await syncs(store, 2)
@@ -319,37 +344,39 @@ def test_a_run_the_database_calls_lost_is_revoked_with_no_grace_and_no_longer_re
 
 
 def test_a_run_replaced_by_a_later_tick_stops_as_a_leader_does_and_is_still_renewed():
-    async def main() -> tuple[Grant, list[tuple[CronRun, ...]], list[tuple[CronRun, ...]]]:
+    async def main() -> tuple[Grant, list[tuple[CronRun, ...]], list[tuple[CronRun, ...]],
+                              tuple[int, int]]:
         store = ScriptedStore()
-        keeper, task, grant = await tracked(store)
+        keeper, task, grant, run = await tracked(store)
         other = Grant()
-        keeper.keep_run(cron_run(8), other, keeper.stamp())
-        store.stop_runs = {7}
+        later = store.claimed(later=1.0)
+        keeper.keep_run(later, other, keeper.stamp())
+        store.stop_runs = {run.token}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
         while_stopping = await syncs(store, 3)
-        keeper.drop_run(7)  # the child stopped and cron_finish recorded it
+        keeper.drop_run(run.token)  # the child stopped and cron_finish recorded it
         after = (await syncs(store, 3))[1:]  # the first may have been sent before
         assert not other.revoked.is_set()
         await stopped(keeper, task)
-        return grant, while_stopping, after
+        return grant, while_stopping, after, (run.token, later.token)
 
-    grant, while_stopping, after = asyncio.run(main())
+    grant, while_stopping, after, (first, second) = asyncio.run(main())
     assert grant.reason == "replaced by a later tick"
     # renewed on: nothing shortens its grace
     assert grant.stop_grace == pytest.approx(TIMING.leader_stop_grace)
-    assert all(sorted(run.token for run in runs) == [7, 8] for runs in while_stopping)
-    assert all([run.token for run in runs] == [8] for runs in after)
+    assert all(sorted(r.token for r in runs) == [first, second] for runs in while_stopping)
+    assert all([r.token for r in runs] == [second] for runs in after)
 
 
 def test_a_replaced_run_the_database_then_calls_lost_hurries_to_no_grace():
     async def main() -> Grant:
         store = ScriptedStore()
-        keeper, task, grant = await tracked(store)
-        store.stop_runs = {7}
+        keeper, task, grant, run = await tracked(store)
+        store.stop_runs = {run.token}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
-        store.lose_runs = {7}
+        store.lose_runs = {run.token}
         async with asyncio.timeout(5):
             await tightened(grant)
         await stopped(keeper, task)
@@ -365,7 +392,7 @@ def test_a_run_whose_renewals_fail_is_revoked_when_its_trust_runs_out(behaviour:
     async def main() -> tuple[float, Grant]:
         store = ScriptedStore()
         loop = asyncio.get_running_loop()
-        keeper, task, grant = await tracked(store)
+        keeper, task, grant, _ = await tracked(store)
         await syncs(store, 1)
         store.behaviour = behaviour
         failing_since = loop.time()
@@ -396,8 +423,9 @@ def test_a_replaced_run_thawed_after_its_deadline_is_past_due_at_once():
             await keeper.clock_ready()
         loop = asyncio.get_running_loop()
         grant = Grant(stop_grace=timing.leader_stop_grace)
-        keeper.keep_run(cron_run(7), grant, keeper.stamp())
-        store.stop_runs = {7}
+        run = store.claimed(ttl=timing.lease_ttl)
+        keeper.keep_run(run, grant, keeper.stamp())
+        store.stop_runs = {run.token}
         async with asyncio.timeout(5):
             await grant.revoked.wait()
         revoked_at = boottime()
