@@ -107,7 +107,8 @@ def run(config_path: Path) -> None:
     # From here on nothing writes to stdout or stderr but Output's writer threads: a reader
     # that stops reading must not block the event loop (SPEC.md guarantee 11).
     output = Output.of_process()
-    configure_logging(spec.log_format, output)
+    configure_logging(spec.log_format, output, spec.log_level,
+                      {"node_id": spec.node_id, "group": spec.group})
     try:
         code = _run(spec, config_path, output)
     finally:
@@ -231,7 +232,8 @@ async def _serve(spec: NodeSpec, config_path: Path, output: Output) -> int:
     from supervisor.app import SideTask, Supervisor
     from supervisor.logs import EventLog
 
-    subscribers: list[Callable[[Event], None]] = [EventLog(spec.log_format, output=output)]
+    subscribers: list[Callable[[Event], None]] = [EventLog(
+        spec.log_format, output=output, context={"node_id": spec.node_id, "group": spec.group})]
 
     def publish(event: Event) -> None:
         for subscriber in subscribers:
