@@ -93,6 +93,8 @@ _FIELDS = "supervisor_fields"
 # Event fields never written: a child's argv may hold a secret (a URL with its password),
 # and the text format never shows it either.
 _LEFT_OUT = frozenset({"argv"})
+# The keys of every JSON record, which no event field may replace.
+_RESERVED = frozenset({"ts", "level", "logger", "message", "exception"})
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -140,9 +142,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _json_safe(json.dumps(entry, ensure_ascii=False, default=str))
-
-
-_RESERVED = frozenset({"ts", "level", "logger", "message", "exception"})
 
 
 class TextFormatter(logging.Formatter):
