@@ -47,7 +47,8 @@ RUN groupadd --system --gid 10001 supervisor \
 USER 10001:10001
 
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml or
-# the install script changes, not on every source change.
+# the install script changes, not on every source change. With both database drivers
+# (the extras `postgres` and `mysql`), so one image speaks to every database.
 WORKDIR /src
 COPY --chown=10001:10001 pyproject.toml container/install.sh ./
 RUN sh install.sh deps

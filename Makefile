@@ -38,6 +38,8 @@ $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	touch $@
 
+# The package alone: the quick start runs on SQLite, which needs no driver extra. The test
+# extra brings both drivers (the suite runs on PostgreSQL and MariaDB too).
 $(VENV)/.installed: pyproject.toml $(VENV)/.created
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@

@@ -3,7 +3,9 @@
 # tests/e2e/test_container.py into a fresh directory, so the test performs what the image does.
 #
 #   sh install.sh deps   create the virtualenv $VIRTUAL_ENV and install the dependencies named
-#                        in ./pyproject.toml (its own layer: a source change does not redo it)
+#                        in ./pyproject.toml, with those of its extras in $EXTRAS (default
+#                        "postgres mysql": the image speaks to every database); its own
+#                        layer: a source change does not redo it
 #   sh install.sh app    install the package in . without dependencies, then `pip check`
 #                        that the deps layer had everything it needs
 set -eu
@@ -15,9 +17,13 @@ deps)
     "$python" -m venv "$VIRTUAL_ENV"
     reqs="$(mktemp)"
     # tomllib is in the standard library from Python 3.11, the oldest version we support.
-    "$VIRTUAL_ENV/bin/python" -c 'import tomllib
+    "$VIRTUAL_ENV/bin/python" -c 'import sys, tomllib
 with open("pyproject.toml", "rb") as fh:
-    print("\n".join(tomllib.load(fh)["project"]["dependencies"]))' > "$reqs"
+    project = tomllib.load(fh)["project"]
+reqs = list(project["dependencies"])
+for extra in sys.argv[1:]:
+    reqs += project["optional-dependencies"][extra]
+print("\n".join(reqs))' ${EXTRAS-postgres mysql} > "$reqs"  # split into extras on purpose
     "$VIRTUAL_ENV/bin/python" -m pip install --no-cache-dir -r "$reqs"
     rm -f "$reqs"
     ;;

@@ -102,7 +102,9 @@ Where things live
   the running supervisor uses the plain records of `spec.py`.
 - Store: `store/__init__.py` is the protocol and its contracts, `store/records.py` what
   it takes and returns; `sql*.py` and `migrations/` are the only SQL; `memory/` is the
-  same contracts in memory, held to the same conformance suite.
+  same contracts in memory, held to the same conformance suite. The drivers are extras
+  (`[postgres]`, `[mysql]`): `drivers.py` says which one a URL needs, before anything
+  starts.
 - Processes: `runner.py` (one child: spawn, stream, stop), `processes.py` (pre-exec
   setup, the pid record, PID-1 reaping), `watchdog.py` (the watchdog process) and
   `watchdog_client.py` (its supervisor end), `output.py` (output that never blocks).

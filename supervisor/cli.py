@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from supervisor import __version__
-from supervisor.errors import ConfigError, StoreError
+from supervisor.errors import ConfigError, DriverMissing, StoreError
 from supervisor.model import Event, leader_lease
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def check(config_path: Path) -> None:
         _fail(str(exc))
     if conflict:
         _fail(conflict)
+    _require_driver(settings.database_url)
     click.echo(tomli_w.dumps(settings.masked()), nl=False)
 
 
@@ -104,10 +105,12 @@ def run(config_path: Path) -> None:
         spec = load_spec(config_path)
     except ConfigError as exc:
         _fail(str(exc))
+    _require_driver(spec.database_url)
     # From here on nothing writes to stdout or stderr but Output's writer threads: a reader
     # that stops reading must not block the event loop (SPEC.md guarantee 11).
     output = Output.of_process()
-    configure_logging(spec.log_format, output)
+    configure_logging(spec.log_format, output, spec.log_level,
+                      {"node_id": spec.node_id, "group": spec.group})
     try:
         code = _run(spec, config_path, output)
     finally:
@@ -208,8 +211,20 @@ def _store(config_path: Path, *, schema: bool = True) -> Iterator[SqlStore]:
 
 
 def _store_failed(exc: StoreError) -> NoReturn:
+    if isinstance(exc, DriverMissing):  # an install problem, like a config one: exit 2
+        _fail(f"database_url: {exc}")
     click.echo(f"error: {exc}", err=True)
     sys.exit(EXIT_RUNTIME)
+
+
+def _require_driver(database_url: str) -> None:
+    """Exit 2 when the URL's driver is not installed, naming the extra that installs it:
+    before anything starts, not when a worker first needs the database (and also when
+    none does yet: a reload may add one)."""
+    from supervisor.store.drivers import missing_driver
+
+    if (problem := missing_driver(database_url)) is not None:
+        _fail(f"database_url: {problem}")
 
 
 def _run(spec: NodeSpec, config_path: Path, output: Output) -> int:
@@ -231,7 +246,8 @@ async def _serve(spec: NodeSpec, config_path: Path, output: Output) -> int:
     from supervisor.app import SideTask, Supervisor
     from supervisor.logs import EventLog
 
-    subscribers: list[Callable[[Event], None]] = [EventLog(spec.log_format, output=output)]
+    subscribers: list[Callable[[Event], None]] = [EventLog(
+        spec.log_format, output=output, context={"node_id": spec.node_id, "group": spec.group})]
 
     def publish(event: Event) -> None:
         for subscriber in subscribers:

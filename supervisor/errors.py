@@ -4,6 +4,7 @@
     ├── ConfigError          the config file or an override is invalid; carries every issue
     ├── SpawnError           a worker's program could not be started
     └── StoreError           the coordination store failed (translated at the SQL seam)
+        ├── DriverMissing    the database URL's driver is not installed (names the extra)
         ├── StoreUnavailable the database could not be reached in time
         │   ├── TooManyClients       the server refuses new connections (a connection limit)
         │   ├── AuthenticationFailed the server refuses this login (password, role, access)
@@ -51,6 +52,11 @@ class SpawnError(SupervisorError):
 
 class StoreError(SupervisorError):
     """The coordination store failed; the cause is chained with `raise ... from`."""
+
+
+class DriverMissing(StoreError):
+    """The driver the database URL needs is not installed here; the message names the
+    extra of fleet-supervisor that installs it. An install problem: nothing starts."""
 
 
 class StoreUnavailable(StoreError):

@@ -1,5 +1,9 @@
 r"""Log output: the supervisor's own records and its children's lines, as text or JSON lines.
 
+A record made from an event carries the event's fields (`event_fields`): in JSON lines
+they are keys of their own beside the message, so a log pipeline can filter on `worker`,
+`reason` or `token` without parsing sentences; the text format shows the message only.
+
 Children's lines go to the supervisor's stdout or stderr, as the child wrote them,
 prefixed with the worker's name (`indexer | line`); with `log_format = "json"`
 each is one JSON object per line. The supervisor's own records go to stderr.
@@ -17,11 +21,13 @@ does not fit is dropped and counted there, the supervisor's own records last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from supervisor.model import (
@@ -82,17 +88,60 @@ def _json_safe(text: str) -> str:
     return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+# The LogRecord attribute that carries an event's structured fields to JsonFormatter.
+_FIELDS = "supervisor_fields"
+# Event fields never written: a child's argv may hold a secret (a URL with its password),
+# and the text format never shows it either.
+_LEFT_OUT = frozenset({"argv"})
+# The keys of every JSON record, which no event field may replace.
+_RESERVED = frozenset({"ts", "level", "logger", "message", "exception"})
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The structured fields of `event` for a JSON line: `event` (its class name) and each
+    of its fields by name. Durations are seconds (to the millisecond), a cron tick is
+    ISO 8601 in UTC, and a leader's term is also given as `token`, the name a cron run's
+    claim token has."""
+    fields: dict[str, Any] = {"event": type(event).__name__}
+    for item in dataclasses.fields(event):
+        if item.name in _LEFT_OUT:
+            continue
+        value = getattr(event, item.name)
+        if item.name == "tick":
+            value = format_utc(value)
+        elif isinstance(value, float):
+            value = round(value, 3)  # milliseconds, as the text format shows them
+        elif isinstance(value, tuple):
+            value = list(value)
+        fields[item.name] = value
+    if "term" in fields:
+        fields["token"] = fields["term"]
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: `ts`, `level`, `logger`, `message`, the node's
+    `node_id` and `group`, and, for a record made from an event, that event's fields
+    (`event_fields`)."""
+
+    def __init__(self, context: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.context = dict(context or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": format_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **self.context,
         }
+        fields = getattr(record, _FIELDS, None)
+        if isinstance(fields, dict):
+            entry.update({key: value for key, value in fields.items() if key not in _RESERVED})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _json_safe(json.dumps(entry, ensure_ascii=False))
+        return _json_safe(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -126,14 +175,17 @@ class OutputHandler(logging.Handler):
         """Nothing: Output.close flushes for a bounded time; logging.shutdown must not hang."""
 
 
-def configure_logging(log_format: str, output: Output) -> None:
-    """The supervisor's records, and other libraries' warnings (asyncio's, say), through
-    `output`: nothing may write to stderr past the queue."""
+def configure_logging(log_format: str, output: Output, log_level: str = "info",
+                      context: Mapping[str, str] | None = None) -> None:
+    """The supervisor's records at `log_level` ("debug", "info", "warning", "error") and
+    above, and other libraries' warnings (asyncio's, say), through `output`: nothing may
+    write to stderr past the queue. `context` (the node's node_id and group) is added to
+    every JSON line."""
     handler = OutputHandler(output)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(context) if log_format == "json" else TextFormatter())
     root = logging.getLogger("supervisor")
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(log_level.upper())
     root.propagate = False
     logging.getLogger().handlers[:] = [handler]
 
@@ -145,8 +197,10 @@ class EventLog:
     streams instead. Without either, it makes its own Output on descriptors 1 and 2."""
 
     def __init__(self, log_format: str, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None, *, output: Output | None = None) -> None:
+                 stderr: TextIO | None = None, *, output: Output | None = None,
+                 context: Mapping[str, str] | None = None) -> None:
         self.json = log_format == "json"
+        self.context = dict(context or {})
         if output is None and (stdout or stderr):
             output = Output.of_streams(stdout or sys.stdout, stderr or sys.stderr)
         self.output = output or Output.of_process()
@@ -154,48 +208,64 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         if isinstance(event, WorkerOutput):
             self._line(event)
-        elif isinstance(event, WorkerStarted):
-            log.info("%s: started (pid %d)", event.worker, event.pid)
-        elif isinstance(event, WorkerExited):
-            level = logging.INFO if event.reason in ("exited", "stopped") else logging.WARNING
-            log.log(level, "%s: %s (%s) after %s", event.worker, event.reason, event.description,
-                    format_duration(round(event.uptime, 3)))
-        elif isinstance(event, RestartScheduled):
-            log.info("%s: restart %d in %s", event.worker, event.attempt,
-                     format_duration(round(event.delay, 3)))
-        elif isinstance(event, WorkerGaveUp):
-            log.error("%s: gave up after %d restarts within %s%s", event.worker, event.restarts,
-                      format_duration(event.window), " (critical)" if event.critical else "")
-        elif isinstance(event, LeadershipGained):
-            log.info("%s: leader of %s with fencing token %d", event.worker, event.lease,
-                     event.term)
-        elif isinstance(event, LeadershipLost):
-            log.info("%s: no longer leader of %s (term %d): %s", event.worker, event.lease,
-                     event.term, event.reason)
-        elif isinstance(event, CronClaimed):
-            if event.result == "acquired":
-                log.info("%s: claimed slot %s of the tick %s (token %s)", event.worker,
-                         event.slot, format_utc(event.tick), event.token)
-            elif event.result in ("missed", "overlap"):
-                log.warning("%s: tick %s %s", event.worker, format_utc(event.tick),
-                            "missed" if event.result == "missed"
-                            else "skipped: an earlier run is still going (overlap = forbid)")
-        elif isinstance(event, CronRunEnded):
-            level = logging.INFO if event.state in ("succeeded", "stopped") else logging.WARNING
-            log.log(level, "%s: run of %s (slot %d, token %d) %s after %s%s", event.worker,
-                    format_utc(event.tick), event.slot, event.token, event.state,
-                    format_duration(round(event.duration, 3)),
-                    "" if event.recorded else " (not recorded: the database did not take it)")
-        elif isinstance(event, ConfigReloaded):
-            log.info("reloaded: started %s, stopped %s, restarted %s",
-                     list(event.started), list(event.stopped), list(event.restarted))
+            return
+        said = _said(event)
+        if said is not None:
+            level, message, *args = said
+            log.log(level, message, *args, extra={_FIELDS: event_fields(event)})
 
     def _line(self, event: WorkerOutput) -> None:
         stream = event.stream if event.stream in ("stdout", "stderr") else "stdout"
         if self.json:
             text = _json_safe(json.dumps(
                 {"ts": format_utc(time.time()), "worker": event.worker, "stream": event.stream,
-                 "message": event.line}, ensure_ascii=False))
+                 "message": event.line, **self.context}, ensure_ascii=False))
         else:
             text = f"{escape_controls(event.worker)} | {escape_controls(event.line)}"
         self.output.line(stream, text, source=event.worker)  # queued or dropped, never waits
+
+
+def _said(event: Event) -> tuple[Any, ...] | None:
+    """(level, format, *arguments) of the record an event makes; None: no record."""
+    if isinstance(event, WorkerStarted):
+        return logging.INFO, "%s: started (pid %d)", event.worker, event.pid
+    if isinstance(event, WorkerExited):
+        level = logging.INFO if event.reason in ("exited", "stopped") else logging.WARNING
+        return (level, "%s: %s (%s) after %s", event.worker, event.reason, event.description,
+                format_duration(round(event.uptime, 3)))
+    if isinstance(event, RestartScheduled):
+        return (logging.INFO, "%s: restart %d in %s", event.worker, event.attempt,
+                format_duration(round(event.delay, 3)))
+    if isinstance(event, WorkerGaveUp):
+        return (logging.ERROR, "%s: gave up after %d restarts within %s%s", event.worker,
+                event.restarts, format_duration(event.window),
+                " (critical)" if event.critical else "")
+    if isinstance(event, LeadershipGained):
+        return (logging.INFO, "%s: leader of %s with fencing token %d", event.worker,
+                event.lease, event.term)
+    if isinstance(event, LeadershipLost):
+        return (logging.INFO, "%s: no longer leader of %s (term %d): %s", event.worker,
+                event.lease, event.term, event.reason)
+    if isinstance(event, CronClaimed):
+        return _said_claimed(event)
+    if isinstance(event, CronRunEnded):
+        level = logging.INFO if event.state in ("succeeded", "stopped") else logging.WARNING
+        return (level, "%s: run of %s (slot %d, token %d) %s after %s%s", event.worker,
+                format_utc(event.tick), event.slot, event.token, event.state,
+                format_duration(round(event.duration, 3)),
+                "" if event.recorded else " (not recorded: the database did not take it)")
+    if isinstance(event, ConfigReloaded):
+        return (logging.INFO, "reloaded: started %s, stopped %s, restarted %s",
+                list(event.started), list(event.stopped), list(event.restarted))
+    return None
+
+
+def _said_claimed(event: CronClaimed) -> tuple[Any, ...] | None:
+    if event.result == "acquired":
+        return (logging.INFO, "%s: claimed slot %s of the tick %s (token %s)", event.worker,
+                event.slot, format_utc(event.tick), event.token)
+    if event.result in ("missed", "overlap"):
+        return (logging.WARNING, "%s: tick %s %s", event.worker, format_utc(event.tick),
+                "missed" if event.result == "missed"
+                else "skipped: an earlier run is still going (overlap = forbid)")
+    return None

@@ -292,6 +292,8 @@ class WorkerExited(Event):
     reason: ExitReason
     description: str
     uptime: float
+    exit_code: int | None = None  # None: killed by a signal, or never started
+    signal: str | None = None  # the signal's name ("SIGKILL") when one ended it
 
 
 @dataclass(frozen=True)

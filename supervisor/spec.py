@@ -103,6 +103,9 @@ class NodeSpec:
     node_id: str = ""
     group: str = ""
     log_format: Literal["text", "json"] = "text"
+    # The supervisor's own records below this level are not written; children's lines
+    # always are (they are the workers' output, not the supervisor's log).
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     coordination: CoordinationSpec = field(default_factory=CoordinationSpec)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     history: HistorySpec = field(default_factory=HistorySpec)

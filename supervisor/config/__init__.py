@@ -98,7 +98,7 @@ def parse_config(
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        issues += [issue_from_pydantic(err) for err in exc.errors()]
+        issues += [issue_from_pydantic(err, overrides.variables) for err in exc.errors()]
     if issues or settings is None:
         issues = [naming_variables(issue, overrides.variables) for issue in issues]
         raise ConfigError(source, sorted(set(issues), key=lambda issue: issue.path))

@@ -8,9 +8,12 @@ turned into the same `ConfigIssue`s, an unknown key with a "did you mean".
 from __future__ import annotations
 
 import difflib
+import json
+import re
+import shlex
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,7 +69,11 @@ def _mode_issues(path: str, worker: dict[str, Any]) -> list[ConfigIssue]:
     return issues
 
 
-def issue_from_pydantic(err: Any) -> ConfigIssue:
+def issue_from_pydantic(
+    err: Any, from_environment: Collection[tuple[str, ...]] = ()
+) -> ConfigIssue:
+    """The issue for one pydantic error. `from_environment`: the key paths the environment
+    set, whose values an example must not quote (a variable's value may be a secret)."""
     loc = tuple(str(part) for part in err["loc"] if part != "[key]")
     path = ".".join(loc)
     kind, msg = err["type"], err["msg"]
@@ -78,7 +85,33 @@ def issue_from_pydantic(err: Any) -> ConfigIssue:
         msg = msg.removeprefix("Value error, ")
     elif kind in ("literal_error", "enum"):
         msg = f"invalid value {err['input']!r}: {msg[0].lower()}{msg[1:]}"
+    elif kind == "list_type" and loc[-1:] == ("command",) and isinstance(err["input"], str):
+        quoted = not any(loc[:len(key)] == key for key in from_environment)
+        msg = f"{msg}: {command_as_list(err['input'] if quoted else '')}"
     return ConfigIssue(path, msg)
+
+
+_SHELL = re.compile(r"[|&;<>()$`*?~{}\\[\]\n]")
+
+
+def command_as_list(text: str) -> str:
+    """What to write instead of `command = "TEXT"`. A string is refused rather than split:
+    no rule for splitting it would be obvious (quotes? globs? pipes?), and running it
+    through a shell would be a different program. The example is the user's own
+    command: split as a POSIX shell would, or, where it needs a shell, under `sh -c`;
+    a generic one for "" (or a value not to quote)."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = []
+    if not text.strip():
+        words = ["sleep", "100"]
+    elif not words or _SHELL.search(text):
+        words = ["sh", "-c", text]
+        return ("write the command as a list of arguments; this one needs a shell, "
+                f"so: {json.dumps(words, ensure_ascii=False)}")
+    return ("write the command as a list of arguments, such as "
+            f"{json.dumps(words, ensure_ascii=False)}")
 
 
 def suggestion(loc: tuple[str, ...]) -> str:

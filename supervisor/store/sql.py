@@ -56,6 +56,7 @@ from supervisor.store import (
 from supervisor.store.classify import refusal_cause
 from supervisor.store.database import MIGRATE_LOCK, MYSQL_MIGRATE_LOCK, Database
 from supervisor.store.dialect import clock
+from supervisor.store.drivers import require_driver
 from supervisor.store.refusals import Apart
 from supervisor.store.sql_coord import CoordSql
 from supervisor.store.sql_coord_slots import CoordSlotSql
@@ -80,6 +81,7 @@ class SqlStore:
         self.listen_url = listen_url
         self.masked_url = mask_url(url)
         self.timeout = timeout
+        require_driver(url)  # DriverMissing, naming the extra, rather than an ImportError
         try:
             parsed = make_url(url)
         except (SQLAlchemyError, ValueError):

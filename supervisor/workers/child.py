@@ -184,7 +184,11 @@ class ChildRunner:
         finally:
             self.procs.pop(proc.pid, None)
         uptime = proc.uptime()
-        self._publish(WorkerExited(self.name, proc.pid, status.reason, status.describe(), uptime))
+        killer = status.signal
+        self._publish(WorkerExited(
+            self.name, proc.pid, status.reason, status.describe(), uptime,
+            exit_code=status.returncode if status.returncode >= 0 else None,
+            signal=None if killer is None else killer.name))
         return ChildEnd(cause, status, reason, uptime)
 
     async def _may_start(self, grant: Grant) -> ChildEnd | None:

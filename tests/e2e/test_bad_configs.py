@@ -340,3 +340,30 @@ def read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> 
                 break
             output += chunk
     return output
+
+
+# --- a database driver that is not installed -----------------------------------------------
+
+# The supervisor command with one driver's import blocked, as if its extra were not installed.
+WITHOUT_DRIVER = ("import sys; sys.modules[{module!r}] = None; sys.argv[0] = 'supervisor'; "
+                  "from supervisor.cli import main; main()")
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "status"])
+@pytest.mark.parametrize(("scheme", "module", "extra"), [
+    ("postgresql+psycopg", "psycopg", "postgres"), ("mysql+pymysql", "pymysql", "mysql")])
+def test_a_url_whose_driver_is_not_installed_is_refused_naming_the_extra(
+        tmp_path: Path, command: str, scheme: str, module: str, extra: str) -> None:
+    config = tmp_path / "supervisor.toml"
+    config.write_text(f'database_url = "{scheme}://fleet:Dr1ver-Pa55@127.0.0.1:9/fleet"\n'
+                      + GOOD_CANARY + '[workers.leader]\ncommand = ["true"]\n'
+                      'mode = "global-leader"\n', encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DRIVER.format(module=module), command, "-c", config.name],
+        cwd=tmp_path, env=environment(), stdin=subprocess.DEVNULL, capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT, check=False)
+    outcome = Outcome(proc.returncode, proc.stdout.decode(errors="replace"),
+                      proc.stderr.decode(errors="replace"))
+    assert_refused(outcome, tmp_path, left_alone={config.name})
+    assert outcome.stderr == (f"error: database_url: {scheme}:// needs the driver {module}, "
+                              f"which is not installed: pip install 'fleet-supervisor[{extra}]'\n")

@@ -111,6 +111,11 @@ def test_the_image_built_from_its_steps_runs_as_pid_1_reaps_orphans_and_stops_on
     # the root-only step is the user's creation, nothing that installs
     assert [step for step in image.root_steps if "pip" in step] == [], image.root_steps
     assert image.user == "10001:10001"
+    # both database drivers, the extras `postgres` and `mysql`: one image for every database
+    drivers = subprocess.run([f"{image.env['VIRTUAL_ENV']}/bin/python", "-c",
+                              "import psycopg, pymysql"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert drivers.returncode == 0, drivers.stderr
     config = Path(image.cmd[-1])
     assert config.is_file(), image.cmd  # the derived image's COPY put its file there
     config.write_text(config.read_text() + ORPHAN_WORKER)

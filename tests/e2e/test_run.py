@@ -198,6 +198,30 @@ command = {worker_command("envdump.py")}
     assert started["level"] == "info"
 
 
+def test_json_records_carry_the_events_fields_and_log_level_leaves_info_out(supervisor_run):
+    config = BASE_CONFIG.replace("[metrics]", 'log_format = "json"\n[metrics]') + """
+[workers.failing]
+command = ["sh", "-c", "exit 3"]
+restart = "never"
+"""
+    run = supervisor_run(config, env={"SUPERVISOR_NODE_ID": "json-node"})
+    exited = json.loads(run.expect(r'"event": "WorkerExited"', stream="stderr").string)
+    assert {key: exited[key] for key in ("event", "worker", "reason", "exit_code", "node_id")} \
+        == {"event": "WorkerExited", "worker": "failing", "reason": "failed", "exit_code": 3,
+            "node_id": "json-node"}
+    assert isinstance(exited["pid"], int) and exited["level"] == "warning"
+    started = json.loads(run.expect(r'"event": "WorkerStarted"', after_start=True).string)
+    assert started["pid"] == exited["pid"] and "argv" not in started
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
+
+    quiet = supervisor_run(config, env={"SUPERVISOR_LOG_LEVEL": "warning"})
+    quiet.expect(r'"event": "WorkerExited"', stream="stderr")
+    quiet.signal(signal.SIGTERM)
+    assert quiet.wait() == 0
+    assert '"event": "WorkerStarted"' not in quiet.text()
+
+
 def test_module_and_module_function_forms(supervisor_run):
     config = BASE_CONFIG + """
 [workers.script]

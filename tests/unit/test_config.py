@@ -630,3 +630,31 @@ def test_database_listen_url_is_empty_none_or_a_postgresql_url_and_is_masked() -
     issue = only_issue('database_listen_url = "mysql+pymysql://root:hunter2@db/fleet"\n')
     assert issue.path == "database_listen_url"
     assert "hunter2" not in str(issue)
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [('"sleep 100"', 'such as ["sleep", "100"]'),
+     ("""'run --name "a b"'""", 'such as ["run", "--name", "a b"]'),
+     ('"ls | wc -l"', 'this one needs a shell, so: ["sh", "-c", "ls | wc -l"]'),
+     ('"echo $HOME"', '["sh", "-c", "echo $HOME"]'),
+     ("""'unbalanced "quote'""", """["sh", "-c", "unbalanced \\"quote"]"""),
+     ('""', 'such as ["sleep", "100"]')],
+)
+def test_a_command_written_as_a_string_is_refused_with_the_list_to_write(
+        command: str, hint: str) -> None:
+    issue = only_issue(f"[workers.w]\ncommand = {command}\n")
+    assert issue.path == "workers.w.command"
+    assert issue.message.startswith("Input should be a valid list: write the command as a list "
+                                    "of arguments")
+    assert hint in issue.message
+
+
+def test_a_string_command_from_the_environment_is_not_quoted_back() -> None:
+    """A variable's value may hold a secret: the example is a generic one."""
+    with pytest.raises(ConfigError) as info:
+        parse_config('[workers.w]\ncommand = ["true"]\n', environ={
+            "SUPERVISOR_WORKERS__w__COMMAND": '"psql postgresql://u:Pa55@db/x"'})
+    assert "Pa55" not in str(info.value)
+    assert 'such as ["sleep", "100"]' in str(info.value)
+    assert "SUPERVISOR_WORKERS__w__COMMAND" in str(info.value)
