@@ -61,10 +61,12 @@ RUN sh install.sh app
 WORKDIR /var/lib/supervisor
 EXPOSE 9464
 
-# /healthz answers 200 while the supervisor's event loop is alive. Slim images
-# have no curl, so ask Python. Follows SUPERVISOR_METRICS__PORT if you set it.
+# /healthz answers 200 while the supervisor's event loop is alive. `supervisor
+# healthcheck` asks it on the metrics address the file and SUPERVISOR_* variables
+# configure (127.0.0.1 for 0.0.0.0); mount your file elsewhere and pass its path here
+# and in CMD alike.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SUPERVISOR_METRICS__PORT', '9464') + '/healthz', timeout=4)"]
+    CMD ["supervisor", "healthcheck", "-c", "/etc/supervisor/supervisor.toml"]
 
 ENTRYPOINT ["supervisor"]
 CMD ["run", "-c", "/etc/supervisor/supervisor.toml"]

@@ -89,6 +89,35 @@ def validate(config_path: Path) -> None:
 
 @main.command()
 @config_option
+@click.option("--timeout", default=4.0, show_default=True, help="Seconds to wait for an answer.")
+def healthcheck(config_path: Path, timeout: float) -> None:
+    """Exit 0 if this node's supervisor answers /healthz on the metrics address its file
+    (and SUPERVISOR_* variables) configure; for a container's HEALTHCHECK."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        metrics = _load(config_path).metrics
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not metrics.enabled:
+        _fail("metrics are disabled ([metrics] enabled = false): there is no /healthz to ask")
+    if metrics.port == 0:
+        _fail("metrics.port is 0 (any free port): there is no fixed address to ask")
+    host = "127.0.0.1" if metrics.host in ("0.0.0.0", "") else metrics.host
+    host = "::1" if host == "::" else host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{metrics.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"unhealthy: {url}: {getattr(exc, 'reason', exc)}", err=True)
+        sys.exit(EXIT_RUNTIME)
+    click.echo(f"healthy: {url}")
+
+
+@main.command()
+@config_option
 def run(config_path: Path) -> None:
     """Run the workers until SIGTERM/SIGINT; SIGHUP re-reads the file."""
     from supervisor.app import load_spec
