@@ -10,7 +10,8 @@ published as an event (see `supervisor.model`) for logs and metrics.
 Signals: SIGTERM/SIGINT stop every child at once, in parallel; a second one
 SIGKILLs them at once. SIGHUP re-reads the file and applies what changed; a file
 that does not validate is rejected whole and the running set is kept. SIGUSR1 and
-SIGUSR2 are forwarded to every child's process group. As PID 1 the supervisor also
+SIGUSR2 are forwarded to the process groups of the workers that list them in
+`forward_signals`, and to no other. As PID 1 the supervisor also
 reaps orphans that the kernel hands to it, never touching its own children's
 exit statuses.
 """
@@ -278,8 +279,11 @@ class Supervisor:
             worker.kill_now()
 
     def _forward(self, sig: signal.Signals) -> None:
+        """Only to the workers that asked for it (`forward_signals`): a child that does
+        not handle SIGUSR1 dies of it."""
         for worker in self._workers.values():
-            worker.forward(sig)
+            if sig.name in (worker.spec.forward_signals or ()):
+                worker.forward(sig)
 
     def _on_hangup(self) -> None:
         """Coalesce: SIGHUPs that come while a reload runs make one more reload after it,

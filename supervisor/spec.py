@@ -52,6 +52,9 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "."
     pass_database_url: bool = False
+    # signals the supervisor receives that are passed on to this worker's children
+    # (None: none, like an empty list)
+    forward_signals: tuple[Literal["SIGUSR1", "SIGUSR2"], ...] | None = None
     # cron
     cron: str | None = None
     timezone: str = "UTC"

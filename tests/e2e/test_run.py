@@ -411,3 +411,28 @@ def test_a_burst_of_sighups_makes_one_reload_more_not_one_each(supervisor_run):
     assert run.wait(timeout=30) == 0
     reloads = run.text().count("reloaded: ")
     assert 1 <= reloads <= 2, f"{reloads} reloads for one burst of 100 SIGHUPs"
+
+
+def test_sigusr1_goes_only_to_the_workers_that_ask_for_it(supervisor_run):
+    config = BASE_CONFIG + f"""
+[workers.asks]
+command = {worker_command("signalled.py")}
+forward_signals = ["SIGUSR1"]
+
+[workers.other]
+command = {worker_command("signalled.py")}
+
+[workers.plain]
+command = {worker_command("stubborn.py")}
+stop_timeout = "1s"
+"""
+    run = supervisor_run(config)
+    pids = ready_pids(run, 3)
+    run.signal(signal.SIGUSR1)
+    run.expect(r"^asks \| got SIGUSR1$", after_start=True)
+    run.signal(signal.SIGUSR2)  # nobody asked for it
+    assert pid_alive(pids["plain"])  # SIGUSR1 would have killed it: it has no handler
+    run.signal(signal.SIGTERM)
+    assert run.wait(timeout=20) == 0
+    got = re.findall(r"(\S+) \| got (SIGUSR\d)$", run.text(), re.MULTILINE)
+    assert got == [("asks", "SIGUSR1")], got
