@@ -178,39 +178,31 @@ def test_an_env_override_replaces_the_files_value(monkeypatch: pytest.MonkeyPatc
 # --- every check of the file ----------------------------------------------------------------
 
 
-def test_a_key_of_another_mode_from_the_environment_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+# One variable each, one refusal each: the issue's key path, what it says, and always the
+# variable's name as written.
+REFUSED = [
+    pytest.param("SUPERVISOR_WORKERS__web__INSTANCES", "3", "workers.web.instances",
+                 'only valid with mode = "coordinated"', id="a key of another mode"),
+    pytest.param("SUPERVISOR_WORKERS__web__MODE", "cron", "workers.web.cron", "",
+                 id="a mode without its keys"),
+    pytest.param("SUPERVISOR_WORKERS__web__COMMAND", '["true"]', "workers.web", "(both given)",
+                 id="a second program"),
+    pytest.param("SUPERVISOR_WORKERS__web__RESTART", "sometimes", "workers.web.restart",
+                 "(from the environment variable SUPERVISOR_WORKERS__web__RESTART)",
+                 id="a bad value"),
+    pytest.param("SUPERVISOR_WORKER__web__RESTART", "never", "worker",
+                 "unknown key (did you mean 'workers'?)", id="an unknown setting"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "path", "says"), REFUSED)
+def test_a_variable_the_file_checks_refuse_is_named_in_the_issue(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, path: str, says: str,
 ) -> None:
-    issue = only(refused(monkeypatch, FILE, SUPERVISOR_WORKERS__web__INSTANCES="3"))
-    assert issue.path == "workers.web.instances"
-    assert 'only valid with mode = "coordinated"' in issue.message
-    assert "SUPERVISOR_WORKERS__web__INSTANCES" in issue.message
-
-
-def test_a_mode_from_the_environment_needs_its_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    issue = only(refused(monkeypatch, FILE, SUPERVISOR_WORKERS__web__MODE="cron"))
-    assert issue.path == "workers.web.cron"
-    assert "SUPERVISOR_WORKERS__web__MODE" in issue.message
-
-
-def test_a_second_program_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    issue = only(refused(monkeypatch, FILE, SUPERVISOR_WORKERS__web__COMMAND='["true"]'))
-    assert issue.path == "workers.web"
-    assert "(both given)" in issue.message
-    assert "SUPERVISOR_WORKERS__web__COMMAND" in issue.message
-
-
-def test_a_bad_value_names_the_variable_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    issue = only(refused(monkeypatch, FILE, SUPERVISOR_WORKERS__web__RESTART="sometimes"))
-    assert issue.path == "workers.web.restart"
-    assert "(from the environment variable SUPERVISOR_WORKERS__web__RESTART)" in issue.message
-
-
-def test_an_unknown_setting_with_the_delimiter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    issue = only(refused(monkeypatch, FILE, SUPERVISOR_WORKER__web__RESTART="never"))
-    assert issue.path == "worker"
-    assert "unknown key (did you mean 'workers'?)" in issue.message
-    assert "SUPERVISOR_WORKER__web__RESTART" in issue.message
+    issue = only(refused(monkeypatch, FILE, **{variable: value}))
+    assert issue.path == path
+    assert says in issue.message
+    assert variable in issue.message
 
 
 def test_a_key_below_a_value_is_refused_without_printing_it(
