@@ -11,43 +11,34 @@ with a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
 from supervisor import __version__
-from supervisor.errors import ConfigError, DriverMissing, StoreError
+from supervisor.cli_common import (
+    EXIT_INVALID,
+    EXIT_RUNTIME,
+    config_option,
+    fail,
+    load_settings,
+    open_store,
+)
+from supervisor.errors import ConfigError
 from supervisor.model import Event, leader_lease
 
 if TYPE_CHECKING:
-    from supervisor.config import Settings
     from supervisor.output import Output
     from supervisor.spec import NodeSpec
-    from supervisor.store.sql import SqlStore
 
-EXIT_INVALID = 2
-EXIT_RUNTIME = 1
 EXIT_CRASHED = 70  # EX_SOFTWARE: a bug in the supervisor itself
 EXIT_FLUSH = 2.0  # seconds at most to write out queued output on the way out
-
-config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    envvar="SUPERVISOR_CONFIG",
-    default="supervisor.toml",
-    show_default="$SUPERVISOR_CONFIG, then ./supervisor.toml",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The TOML file that declares the workers.",
-)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleet-supervisor")
@@ -63,11 +54,11 @@ def check(config_path: Path) -> None:
 
     conflict = _supervisord_conflict()
     try:
-        settings = _load(config_path).with_identity(os.environ, str(config_path))
+        settings = load_settings(config_path).with_identity(os.environ, str(config_path))
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if conflict:
-        _fail(conflict)
+        fail(conflict)
     _require_driver(settings.database_url)
     click.echo(tomli_w.dumps(settings.masked()), nl=False)
 
@@ -97,13 +88,13 @@ def healthcheck(config_path: Path, timeout: float) -> None:
     import urllib.request
 
     try:
-        metrics = _load(config_path).metrics
+        metrics = load_settings(config_path).metrics
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not metrics.enabled:
-        _fail("metrics are disabled ([metrics] enabled = false): there is no /healthz to ask")
+        fail("metrics are disabled ([metrics] enabled = false): there is no /healthz to ask")
     if metrics.port == 0:
-        _fail("metrics.port is 0 (any free port): there is no fixed address to ask")
+        fail("metrics.port is 0 (any free port): there is no fixed address to ask")
     host = "127.0.0.1" if metrics.host in ("0.0.0.0", "") else metrics.host
     host = "::1" if host == "::" else host
     url = f"http://{'[' + host + ']' if ':' in host else host}:{metrics.port}/healthz"
@@ -129,11 +120,11 @@ def run(config_path: Path) -> None:
     # the hard limit; each child gets the soft limit we were started with back (runner.py).
     raise_nofile_limit()
     if conflict := _supervisord_conflict():
-        _fail(conflict)
+        fail(conflict)
     try:
         spec = load_spec(config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _require_driver(spec.database_url)
     # From here on nothing writes to stdout or stderr but Output's writer threads: a reader
     # that stops reading must not block the event loop (SPEC.md guarantee 11).
@@ -163,8 +154,8 @@ def status(config_path: Path, as_json: bool) -> None:
     from supervisor.fleettext import status_text
     from supervisor.fleetview import coord_section, cron_section, status_data
 
-    spec: NodeSpec = _load(config_path).to_spec()
-    with _store(config_path) as store:
+    spec: NodeSpec = load_settings(config_path).to_spec()
+    with open_store(config_path) as store:
         db_now = store.db_now()
         members = store.members()
         cron = cron_section(spec.workers, db_now, members,
@@ -193,7 +184,7 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
     from supervisor.fleettext import history_text
     from supervisor.fleetview import history_data
 
-    with _store(config_path) as store:
+    with open_store(config_path) as store:
         lease = leader_lease(worker) if worker else None
         terms = store.terms(lease=lease, limit=limit)
         runs = store.cron_runs(worker=worker, limit=limit)
@@ -211,39 +202,13 @@ def db() -> None:
 @config_option
 def upgrade(config_path: Path) -> None:
     """Create or migrate the schema (run does it too; safe when many nodes start at once)."""
-    with _store(config_path, schema=False) as store:
+    with open_store(config_path, schema=False) as store:
         found = store.upgrade()
     if found.newer:
         click.echo(f"schema of {store.masked_url} is newer than this release and still usable"
                    f" by it ({found.describe()}); left as it is")
     else:
         click.echo(f"schema of {store.masked_url} is up to date (revision {found.revision})")
-
-
-@contextlib.contextmanager
-def _store(config_path: Path, *, schema: bool = True) -> Iterator[SqlStore]:
-    """The file's database for one command; unreachable, no schema or a schema for a later
-    release -> a message and exit 1. `schema`: the command needs the schema to exist."""
-    from supervisor.store.sql import SqlStore
-
-    settings = _load(config_path)
-    try:
-        store = SqlStore(settings.database_url, timeout=settings.coordination.renew_deadline)
-        try:
-            if schema:
-                store.require_schema()  # SchemaMissing, SchemaNewer
-            yield store
-        finally:
-            store.close()
-    except StoreError as exc:
-        _store_failed(exc)
-
-
-def _store_failed(exc: StoreError) -> NoReturn:
-    if isinstance(exc, DriverMissing):  # an install problem, like a config one: exit 2
-        _fail(f"database_url: {exc}")
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(EXIT_RUNTIME)
 
 
 def _require_driver(database_url: str) -> None:
@@ -253,7 +218,7 @@ def _require_driver(database_url: str) -> None:
     from supervisor.store.drivers import missing_driver
 
     if (problem := missing_driver(database_url)) is not None:
-        _fail(f"database_url: {problem}")
+        fail(f"database_url: {problem}")
 
 
 def _run(spec: NodeSpec, config_path: Path, output: Output) -> int:
@@ -308,15 +273,6 @@ async def _serve(spec: NodeSpec, config_path: Path, output: Output) -> int:
     return await supervisor.run(sides)
 
 
-def _load(config_path: Path) -> Settings:
-    from supervisor.config import load_config
-
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
 def _supervisord_conflict() -> str | None:
     """supervisord's distribution also owns the import name `supervisor`."""
     try:
@@ -328,8 +284,3 @@ def _supervisord_conflict() -> str | None:
         "environment and owns the same import name 'supervisor' as fleet-supervisor; the two "
         "must not share one environment: uninstall it or use a separate virtualenv"
     )
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_INVALID)

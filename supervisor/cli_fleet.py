@@ -1,0 +1,1 @@
+"""Fleet-wide control commands, through the database (issue 15)."""
