@@ -344,7 +344,9 @@ def _term_data(r: TermRecord) -> dict[str, Any]:
     worker, group = worker_of(r.lease)
     return {
         "kind": "term", "at": iso(r.acquired_at), "worker": worker, "group": group,
-        "term": r.term, "node_id": r.holder.node_id, "pid": r.holder.pid,
+        # `pid`: the term's (latest) child; the supervisor's own is `supervisor_pid`
+        "term": r.term, "node_id": r.holder.node_id, "pid": r.child_pid,
+        "supervisor_pid": r.holder.pid,
         "started": iso(r.acquired_at), "ended": iso(r.ended_at),
         "duration": None if r.ended_at is None else round(r.ended_at - r.acquired_at, 3),
         "outcome": r.outcome or "holding", "reason": r.reason,
@@ -352,8 +354,16 @@ def _term_data(r: TermRecord) -> dict[str, Any]:
 
 
 def _history_run(r: CronRunRecord) -> dict[str, Any]:
+    """A run in the history: `pid` is its child's, `supervisor_pid` its supervisor's; a
+    triggered run (`supervisor trigger`) is placed at its request, with who asked and why."""
+    trigger = r.trigger
     return {"kind": "run", "at": iso(r.tick), "worker": r.worker, "tick": iso(r.tick),
-            **run_data(r)}
+            **run_data(r), "pid": r.child_pid,
+            "supervisor_pid": None if r.holder is None else r.holder.pid,
+            "trigger": None if trigger is None else {
+                "id": trigger.id, "key": trigger.key, "user": trigger.actor_user,
+                "host": trigger.actor_host, "reason": trigger.reason,
+                "requested": iso(trigger.requested_at)}}
 
 
 def _generation_data(g: CoordGeneration) -> dict[str, Any]:

@@ -252,8 +252,9 @@ def test_history_merges_cron_runs_and_terms_newest_first(tmp_path, database_url,
         ("run", "job", t0, 1, "failed"),
     ]
     failed = rows[-1]
-    assert (failed["node_id"], failed["pid"], failed["exit_code"], failed["reason"]) == (
-        "node-b", os.getpid() + 1, 3, "exit status 3")
+    # `pid` is the child's (none recorded here), `supervisor_pid` its supervisor's
+    assert (failed["node_id"], failed["supervisor_pid"], failed["pid"], failed["exit_code"],
+            failed["reason"]) == ("node-b", os.getpid() + 1, None, 3, "exit status 3")
     assert failed["duration"] == pytest.approx(0.5, abs=1e-3)
     assert epoch(failed["tick"]) == t0
     assert (rows[3]["term"], rows[3]["node_id"], rows[3]["outcome"]) == (1, "node-a", "holding")

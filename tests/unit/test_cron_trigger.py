@@ -8,6 +8,7 @@ import asyncio
 
 from supervisor.coordination.cron import RunGrant
 from supervisor.store import CronTrigger
+from tests.support.clocks import run_virtual
 from tests.unit.test_cron_mode import (
     EPOCH,
     TIMING,
@@ -17,7 +18,6 @@ from tests.unit.test_cron_mode import (
     cron_spec,
     node,
 )
-from tests.support.clocks import run_virtual
 
 HOURLY = "@every 3600s"  # no tick anywhere near: what runs is the trigger
 
