@@ -1,0 +1,141 @@
+"""`supervisor trigger` with real supervisors on every database: a cron worker run once now.
+
+Judged by what the runs themselves record (tests/workers/cronprobe.py: each run logs its
+start and end with its pid and token, and with a lock file holds a flock for its whole
+life) and by `supervisor history`:
+- a triggered run starts on exactly max_run nodes within about a renew interval, and is
+  recorded with who asked and why; history shows the pid the child itself printed;
+- a retried command (the same --key) is reported as already requested and never runs again;
+- overlap = forbid: triggered runs and schedule ticks never run at once (the flock);
+- a worker that is not in the file or not a cron worker: exit 2, naming it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SUPERVISOR_BIN, wait_until
+from tests.e2e.test_cron import CronFleet
+from tests.support.fleet import FAST, made_fleets
+from tests.support.probelogs import RunEvent
+
+pytestmark = pytest.mark.slow
+
+SLACK = 3.0  # process start-up and a loaded 2-core machine
+YEARLY = "0 0 1 1 *"  # no schedule tick during a test: what runs is the trigger
+
+
+def supervisor(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SUPERVISOR_BIN), *args, "-c", str(config)], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, database_url: str) -> Iterator[object]:
+    import functools
+
+    with made_fleets(functools.partial(CronFleet, tmp_path, database_url)) as make:
+        yield make
+
+
+def starts(fleet: CronFleet, since: int = 0) -> list[RunEvent]:
+    return [e for e in fleet.runs()[since:] if e.kind == "start"]
+
+
+def trigger(fleet: CronFleet, *args: str) -> subprocess.CompletedProcess[str]:
+    done = supervisor("trigger", "job", *args, config=fleet.directory / "a.toml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def quiet(fleet: CronFleet, seconds: float, count: int) -> None:
+    """No further run starts for `seconds` (an absence can only be watched for a while)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert len(starts(fleet)) == count, fleet.report()
+        time.sleep(0.02)
+
+
+def test_a_trigger_runs_on_exactly_max_run_nodes_once_with_who_and_why(fleet) -> None:
+    max_run = 2
+    f: CronFleet = fleet(cron=YEARLY, max_run=max_run, misfire_grace="30s", overlap="allow",
+                         run_seconds=0.3)
+    f.start_nodes("a", "b", "c")
+    upgraded = supervisor("db", "upgrade", config=f.directory / "a.toml")
+    assert upgraded.returncode == 0, upgraded.stderr
+    # a first trigger: every node is syncing once its runs are done
+    trigger(f, "--reason", "warm-up")
+    wait_until(lambda: len(starts(f)) >= max_run, 20 + SLACK, "the warm-up runs")
+    quiet(f, 3 * FAST.renew_interval, max_run)
+    seen = len(f.runs())
+
+    asked_at = time.time()
+    done = trigger(f, "--reason", "e2e: backfill", "--key", "deploy-42")
+    assert "triggered job" in done.stdout and "deploy-42" in done.stdout
+    wait_until(lambda: len(starts(f, seen)) >= max_run, FAST.renew_interval + SLACK,
+               f"{max_run} triggered runs")
+    runs = starts(f, seen)
+    took = max(r.at for r in runs) - asked_at
+    assert took <= FAST.renew_interval * 1.2 + 1.0, (took, f.report())
+    assert len({r.node for r in runs}) == max_run and {r.slot for r in runs} == {0, 1}
+
+    again = trigger(f, "--reason", "retried", "--key", "deploy-42")
+    assert "already requested" in again.stdout and "nothing new runs" in again.stdout
+    quiet(f, 5 * FAST.renew_interval, 2 * max_run)  # neither the third node nor a retry
+    wait_until(lambda: len([e for e in f.runs() if e.kind == "end"]) >= 2 * max_run, 10,
+               "the runs' ends")
+
+    def history() -> list[dict[str, object]]:
+        shown = supervisor("history", "job", "--json", config=f.directory / "b.toml")
+        assert shown.returncode == 0, shown.stderr
+        return [r for r in json.loads(shown.stdout) if r["kind"] == "run"]
+
+    wait_until(lambda: all(r["state"] != "running" for r in history()), 10,
+               "the runs recorded as ended")
+    rows: list[dict[str, Any]] = history()
+    ours = [r for r in rows if r["trigger"] and r["trigger"]["key"] == "deploy-42"]
+    assert len(ours) == max_run, rows
+    printed = {r.token: r.pid for r in runs}
+    for row in ours:
+        assert row["trigger"]["user"] == getpass.getuser()
+        assert row["trigger"]["host"] == socket.gethostname()
+        assert row["trigger"]["reason"] == "e2e: backfill"
+        assert row["pid"] == printed[row["token"]], (row, printed)
+        assert row["supervisor_pid"] == f.nodes[row["node_id"]].pid
+    text = supervisor("history", "job", config=f.directory / "a.toml").stdout
+    assert f"[triggered by {getpass.getuser()}@{socket.gethostname()}: e2e: backfill]" in text
+
+
+def test_triggered_runs_never_overlap_schedule_ticks_under_forbid(fleet) -> None:
+    f: CronFleet = fleet(cron="@every 3s", max_run=1, misfire_grace="2s", overlap="forbid",
+                         run_seconds=1.0, lock=True)
+    f.start_nodes("a", "b")
+    wait_until(lambda: len(starts(f)) >= 1, 20, "a first schedule run")
+    triggered = 0
+    deadline = time.monotonic() + 40
+    while triggered < 3 and time.monotonic() < deadline:
+        count = len(starts(f))
+        trigger(f, "--reason", "overlap check")
+        wait_until(lambda: len(starts(f)) > count, 10, "a run after the trigger")  # noqa: B023
+        triggered = sum(1 for r in f.history() if r.slot >= 0 and r.trigger is not None)
+    f.close()
+    report = f.report()
+    events = f.runs()
+    assert not [e for e in events if e.kind == "OVERLAP"], report
+    spans: dict[int, list[float]] = {}
+    for e in events:
+        spans.setdefault(e.pid, []).append(e.at)
+    intervals = sorted((min(t), max(t)) for t in spans.values())
+    for (_, end), (start, _) in itertools.pairwise(intervals):
+        assert end <= start, report
+    assert triggered >= 1, report
