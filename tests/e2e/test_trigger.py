@@ -147,3 +147,68 @@ def test_triggered_runs_never_overlap_schedule_ticks_under_forbid(fleet) -> None
     for (_, end), (start, _) in itertools.pairwise(intervals):
         assert end <= start, report
     assert triggered >= 1, report
+
+
+CONFIG = """
+database_url = "{url}"
+node_id = "ops"
+
+[workers.job]
+command = ["true"]
+mode = "cron"
+cron = "@every 2s"
+
+[workers.lead]
+command = ["true"]
+mode = "global-leader"
+"""
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite"])
+@pytest.mark.parametrize(("args", "says"), [
+    (("nope",), "no worker 'nope'"),
+    (("lead",), "worker 'lead' is a global-leader worker, not a cron worker"),
+    (("job", "--key", "k" * 65), "--key must be 1 to 64 characters"),
+])
+def test_a_worker_that_cannot_be_triggered_is_refused_with_exit_2(tmp_path, database_url,
+                                                                  args, says) -> None:
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CONFIG.format(url=database_url))
+    done = supervisor("trigger", *args, config=cfg)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"])
+def test_an_unreachable_database_is_exit_1_without_the_password(tmp_path,
+                                                                 database_backend) -> None:
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CONFIG.format(url="postgresql+psycopg://ops:hunter2@127.0.0.1:1/fleet"))
+    done = supervisor("trigger", "job", config=cfg)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite"])
+def test_a_trigger_without_a_running_fleet_is_recorded_missed_after_its_grace(
+        tmp_path, database_url) -> None:
+    """Nobody runs the worker: the request stays open, and upkeep records it missed."""
+    from supervisor.store.sql import SqlStore
+
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CONFIG.format(url=database_url).replace(
+        'cron = "@every 2s"', 'cron = "@every 2s"\nmisfire_grace = "1s"'))
+    assert supervisor("db", "upgrade", config=cfg).returncode == 0
+    done = supervisor("trigger", "job", "--reason", "nobody home", "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    store = SqlStore(database_url)
+    try:
+        made = json.loads(done.stdout)
+        store.maintain(3600.0, now=epoch(made["requested"]) + 1.5)
+        [row] = store.cron_runs(worker="job")
+        assert (row.state, row.trigger and row.trigger.reason) == ("missed", "nobody home")
+    finally:
+        store.close()
+    shown = supervisor("history", "job", config=cfg).stdout
+    assert "triggered missed" in shown and "nobody home" in shown
