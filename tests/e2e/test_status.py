@@ -64,6 +64,7 @@ stop_timeout = "1s"
     port = int(run.expect(r"metrics on http://127\.0\.0\.1:(\d+)", after_start=True).group(1))
     run.expect(r"leader: leader of leader/leader with fencing token 1", after_start=True)
     run.expect(r"local: leader of leader/local/blue with fencing token 1", after_start=True)
+    child = int(run.expect(r"^leader \| ready pid=(\d+)", after_start=True).group(1))
     cfg = tmp_path / "supervisor.toml"
 
     status = cli("status", "--json", config=cfg)
@@ -96,6 +97,8 @@ stop_timeout = "1s"
     history = json.loads(cli("history", "leader", "--json", config=cfg).stdout)
     assert [(h["worker"], h["term"], h["outcome"], h["reason"]) for h in history] == [
         ("leader", 1, "released", "supervisor stopped")]
+    # the term's child, as the child itself printed it; the supervisor's pid apart
+    assert (history[0]["pid"], history[0]["supervisor_pid"]) == (child, run.proc.pid)
     everything = cli("history", config=cfg).stdout
     assert "local@blue" in everything and "released" in everything
     for output in (status.stdout, status.stderr, text.stdout, run.text(), body, everything):
