@@ -414,17 +414,19 @@ class CronSql:
                       c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
                       c.exit_code, c.reason, *(null().label(n) for n in _SINCE_0010))
                .order_by(c.tick.desc(), c.slot, c.token).limit(limit))
-        at = func.coalesce(t.requested_at, c.tick)  # a triggered run at its request
         new = (select(c.token, c.worker, c.tick, c.slot, c.holder_node, c.holder_group,
                       c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
                       c.exit_code, c.reason, c.child_pid, c.trigger_id, t.id,
                       t.worker.label("t_worker"), t.trigger_key, t.requested_at, t.grace,
                       t.actor_user, t.actor_host, t.reason.label("t_reason"))
                .select_from(cron_runs.outerjoin(cron_triggers, c.trigger_id == t.id))
-               .order_by(at.desc(), c.slot, c.token)
                .limit(limit))
         if worker is not None:
             old, new = old.where(c.worker == worker), new.where(c.worker == worker)
+        # Two reads an index serves (not one sorted by request time): the ticks newest
+        # first, and the triggered runs (tick -id) newest first; merged below.
+        ticks = new.where(c.tick >= 0).order_by(c.tick.desc(), c.slot, c.token)
+        triggered = new.where(c.tick < 0).order_by(c.tick, c.slot, c.token)
 
         def trigger(r: Any) -> CronTrigger | None:
             if r.id is None:
@@ -433,7 +435,13 @@ class CronSql:
 
         def work(conn: Connection) -> list[CronRunRecord]:
             # readable before and after upgrades: a schema before 0010 has no triggers
-            query = new if self.since_0010(conn) else old
+            if not self.since_0010(conn):
+                return records(conn.execute(old))
+            found = records(conn.execute(ticks)) + records(conn.execute(triggered))
+            found.sort(key=lambda r: (-r.tick, r.slot, r.token))
+            return found[:limit]
+
+        def records(rows: Any) -> list[CronRunRecord]:
             return [CronRunRecord(
                 int(r.token), r.worker,
                 float(r.tick) if r.requested_at is None else float(r.requested_at),
@@ -442,7 +450,7 @@ class CronSql:
                     r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
                 r.state, float(r.claimed_at), None if r.ended_at is None else float(r.ended_at),
                 r.exit_code, r.reason, r.child_pid, trigger(r),
-            ) for r in conn.execute(query)]
+            ) for r in rows]
 
         return self._db.run(work)
 

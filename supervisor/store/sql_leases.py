@@ -48,6 +48,10 @@ _NO_HOLDER: dict[str, Any] = dict.fromkeys(
 _READ = (leases.c.name, leases.c.term, leases.c.expires_at)
 
 
+# fs_terms as every admitted schema has it (0010 added child_pid): what a node reads
+# before its own upgrade, e.g. when it restores a lease row
+_BEFORE_0010 = [column for column in terms.c if column.name != "child_pid"]
+
 class LeaseSql:
     """The lease part of SqlStore, on the database it is given."""
 
@@ -82,7 +86,7 @@ class LeaseSql:
             return
         last = (select(terms.c.lease, func.max(terms.c.term).label("term"))
                 .where(terms.c.lease.in_(list(rows))).group_by(terms.c.lease).subquery())
-        found = conn.execute(select(terms).join(
+        found = conn.execute(select(*_BEFORE_0010).join(
             last, and_(terms.c.lease == last.c.lease, terms.c.term == last.c.term))).all()
         at = float(conn.execute(select(clock(now))).scalar_one()) if found else 0.0
         for r in found:
