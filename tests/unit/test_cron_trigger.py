@@ -5,6 +5,7 @@ claimed like a tick, with the real NodeSync and the in-memory store on a virtual
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from supervisor.coordination.cron import RunGrant
 from supervisor.store import CronTrigger
@@ -112,3 +113,37 @@ def test_a_trigger_under_forbid_while_a_run_goes_on_is_skipped_not_run() -> None
     _, rows = run_virtual(main())
     skipped = [r for r in rows if r.slot == -1]
     assert [(r.state, r.trigger is not None) for r in skipped] == [("skipped", True)]
+
+
+def test_a_leader_records_its_latest_childs_pid_on_its_term_only_while_it_holds_it() -> None:
+    from supervisor.coordination.leader import LeaderMode
+    from supervisor.coordination.node_sync import NodeSync
+    from supervisor.model import Mode
+    from supervisor.spec import CoordinationSpec
+    from supervisor.store import Holder
+    from supervisor.store.memory import MemoryStore as Store
+
+    timing = CoordinationSpec(lease_ttl=2.0, renew_interval=0.05, renew_deadline=0.3)
+    me = Holder("n1", "g", 1, "nonce-1")
+
+    async def main() -> list[int | None]:
+        store = Store()
+        keeper = NodeSync(store, me, timing, lambda event: None)
+        task = asyncio.create_task(keeper.run())
+        mode = LeaderMode(keeper, Mode.GLOBAL_LEADER, "leader/w", "w", "g")
+        async with asyncio.timeout(5):
+            grant = await mode.acquire()
+        seen = [store.terms(lease="leader/w")[0].child_pid]
+        await mode.child_started(4242)
+        await mode.child_started(4343)  # restarted within the term: the latest
+        seen.append(store.terms(lease="leader/w")[0].child_pid)
+        await mode.release(grant, "stopped")
+        await mode.child_started(1)  # no longer held: nothing recorded
+        seen.append(store.terms(lease="leader/w")[0].child_pid)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await keeper.close()
+        return seen
+
+    assert asyncio.run(main()) == [None, 4343, 4343]
