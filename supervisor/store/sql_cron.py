@@ -48,6 +48,7 @@ FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
 MISSED_REASON = "nobody could run it within misfire_grace"
 SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
 _REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> claim result
+OVERLAP_KEY = -0.5  # ticks are >= 0, a trigger's runs at -id <= -1: see `hold_overlap`
 
 
 def trigger_of(r: Mapping[Any, Any]) -> CronTrigger:
@@ -102,6 +103,8 @@ class CronSql:
             decided = self._tick_state(conn, worker, tick)
             if decided is not None:  # missed or skipped is final: never run late
                 return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            if forbid_overlap:  # a trigger's claim may be checking at this very moment
+                self.hold_overlap(conn, worker)
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
                                   "overlap forbidden: a run of an earlier tick is still going",
@@ -269,6 +272,13 @@ class CronSql:
                                             cron_runs.c.tick == tick, cron_runs.c.slot == -1,
                                             cron_runs.c.claim == claim)
         ).first() is not None
+
+    def hold_overlap(self, conn: Connection, worker: str) -> None:
+        """overlap = forbid: take the worker's overlap key until commit (`_hold_tick` of
+        OVERLAP_KEY, a tick no schedule and no trigger has), so that a tick's claim and a
+        trigger's claim (store/sql_triggers.py), which may come at any instant, queue:
+        whichever goes second sees the other's run in its check for one running."""
+        self._hold_tick(conn, worker, OVERLAP_KEY)
 
     def _hold_tick(self, conn: Connection, worker: str, tick: float) -> None:
         """Take the tick's slot-0 key until commit: insert a placeholder there if absent and

@@ -14,7 +14,9 @@ Invariants:
   time); a trigger nobody ran in time is recorded `missed`, by the claim that came late
   or by `maintain`;
 - overlap = forbid: while another run of the worker (a tick's or another trigger's) is
-  running and unexpired, the trigger is recorded `skipped`; replace: the claim that
+  running and unexpired, the trigger is recorded `skipped`; a tick's claim and a
+  trigger's claim under forbid queue on the worker's overlap key (`CronSql.hold_overlap`),
+  so two that come at once never both start; replace: the claim that
   acquires a slot asks every other running run of the worker to stop, and the run
   starts once `blocking` is 0;
 - a trigger is open (delivered by node_sync) until it is decided: `closed_at` is set
@@ -108,6 +110,8 @@ class TriggerSql:
             decided = cron._tick_state(conn, worker, tick)
             if decided is not None:
                 return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            if forbid_overlap:  # queue with a tick's claim checking at this moment
+                cron.hold_overlap(conn, worker)
             if forbid_overlap and self._others_running(conn, worker, tick, now):
                 self._record(conn, trigger, "skipped", FORBIDDEN_REASON, now)
                 return ClaimOutcome("overlap")

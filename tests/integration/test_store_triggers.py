@@ -257,3 +257,36 @@ def test_old_triggers_are_pruned_after_keep(store, a):
     store.maintain(KEEP, now=NOW + KEEP + GRACE + 10)
     # the key can be used again once the trigger is gone from the history
     assert trigger(store, now=NOW + KEEP + GRACE + 20).created
+
+
+@pytest.mark.sql_only
+@pytest.mark.parametrize("database_backend", ["sqlite", "postgresql", "mariadb"])
+def test_a_trigger_and_a_tick_claimed_at_once_under_forbid_never_both_run(database_url):
+    """Processes claim a tick and a trigger of one worker at the same instant, behind a
+    barrier, on the real database clock: under overlap = forbid one of them runs, never
+    both (the claims serialise on the worker's overlap key)."""
+    from supervisor.store.sql import SqlStore
+    from tests.integration import trigger_race
+    from tests.integration.test_store import run_contenders
+
+    rounds, per_kind = 12, 2
+    store = SqlStore(database_url)
+    try:
+        store.upgrade()
+        tick = float(int(store.db_now())) - 1.0  # due, well inside its grace
+        plan = []
+        for round_ in range(rounds):
+            worker = f"race-{round_}"
+            made = store.cron_trigger(worker, "k", actor_user="u", actor_host="h",
+                                      reason=None, grace=600.0)
+            plan.append((worker, tick, made.trigger.id))
+    finally:
+        store.close()
+    args = [(database_url, i, plan, "tick" if i % 2 == 0 else "trigger")
+            for i in range(2 * per_kind)]
+    messages = run_contenders(trigger_race.claim, args, expected=len(args) * rounds,
+                              within=150)
+    for round_ in range(rounds):
+        got = [(m[3], m[4]) for m in messages if m[2] == round_]
+        acquired = [kind for kind, result in got if result == "acquired"]
+        assert len(acquired) == 1, (round_, got)
