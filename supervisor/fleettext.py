@@ -59,7 +59,7 @@ def _cron_text(cron: dict[str, Any]) -> list[str]:
         lines.append("    no ticks recorded yet")
     for tick in cron["ticks"]:
         why = f" ({tick['reason']})" if tick["reason"] else ""
-        lines.append(f"    {tick['tick']}  {tick['state']}{why}")
+        lines.append(f"    {tick['tick']}  {tick['state']}{why}{_trigger_text(tick)}")
         for run in tick["runs"]:
             gone = "" if run["holder_live"] is not False else (
                 "  (its node is gone: will be marked lost)")

@@ -376,3 +376,19 @@ def test_history_places_generations_at_their_publish_time_with_members_in_index_
     assert text[3].endswith("generation 2 count 3: node-a, node-b, (vacant)  current")
     assert text[4].endswith("indexer                  generation 1 count 1: node-a  "
                             "superseded after 4.0s")
+
+
+def test_status_marks_a_triggered_run_with_who_asked():
+    from dataclasses import replace
+
+    from supervisor.store import CronTrigger
+
+    asked = CronTrigger(3, "job", "k", T0 + 1, 30.0, "bob", "ops-1", None)
+    records = [replace(run(9, T0 + 1, 0, A, "running"), trigger=asked),
+               run(8, T0, 0, B, "succeeded", ended=T0 + 0.5, code=0)]
+    workers = parse_config(CONFIG).workers
+    job = cron_section(workers, T0 + 1.5, [], reader({"job": records}, []))[1]
+    first, second = job["ticks"]
+    assert first["trigger"]["user"] == "bob" and second["trigger"] is None
+    text = status_text(status_data("sqlite:///x.db", T0 + 1.5, [], [], [job]))
+    assert "[triggered by bob@ops-1]" in text
