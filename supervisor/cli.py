@@ -284,3 +284,8 @@ def _supervisord_conflict() -> str | None:
         "environment and owns the same import name 'supervisor' as fleet-supervisor; the two "
         "must not share one environment: uninstall it or use a separate virtualenv"
     )
+
+
+from supervisor.cli_trigger import trigger  # noqa: E402 (a command module: below main)
+
+main.add_command(trigger)

@@ -59,7 +59,7 @@ def _cron_text(cron: dict[str, Any]) -> list[str]:
         lines.append("    no ticks recorded yet")
     for tick in cron["ticks"]:
         why = f" ({tick['reason']})" if tick["reason"] else ""
-        lines.append(f"    {tick['tick']}  {tick['state']}{why}")
+        lines.append(f"    {tick['tick']}  {tick['state']}{why}{_trigger_text(tick)}")
         for run in tick["runs"]:
             gone = "" if run["holder_live"] is not False else (
                 "  (its node is gone: will be marked lost)")
@@ -128,15 +128,34 @@ def history_text(rows: Sequence[dict[str, Any]]) -> str:
         took = "" if row["duration"] is None else f" after {row['duration']:.1f}s"
         why = f" ({row['reason']})" if row["reason"] else ""
         lines.append(f"{row['at']}  {name:<24} term {row['term']:<6} "
-                     f"{row['node_id']} pid {row['pid']:<8} {row['outcome']}{took}{why}")
+                     f"{row['node_id']} {_pids(row)} {row['outcome']}{took}{why}")
     return "\n".join(lines) if lines else "no history yet"
 
 
+def _pids(row: dict[str, Any]) -> str:
+    """The child's pid (`-` when none was recorded), then its supervisor's."""
+    child = "-" if row["pid"] is None else str(row["pid"])
+    return f"pid {child:<8} (supervisor {row['supervisor_pid']})"
+
+
+def _trigger_text(row: dict[str, Any]) -> str:
+    trigger = row.get("trigger")
+    if trigger is None:
+        return ""
+    why = f": {trigger['reason']}" if trigger["reason"] else ""
+    return f"  [triggered by {trigger['user']}@{trigger['host']}{why}]"
+
+
 def _history_run_text(row: dict[str, Any]) -> str:
-    if row["slot"] < 0:  # a tick nobody ran: missed or skipped
+    what = "triggered" if row.get("trigger") else "tick"
+    if row["slot"] < 0:  # a tick (or trigger) nobody ran: missed or skipped
         why = f" ({row['reason']})" if row["reason"] else ""
-        return f"{row['at']}  {row['worker']:<24} tick {row['state']}{why}"
-    return f"{row['at']}  {row['worker']:<24} run  slot {row['slot']:<3} {_run_outcome(row)}"
+        return f"{row['at']}  {row['worker']:<24} {what} {row['state']}{why}{_trigger_text(row)}"
+    code = "" if row["exit_code"] is None else f" exit {row['exit_code']}"
+    took = "" if row["duration"] is None else f" after {row['duration']:.1f}s"
+    why = f" ({row['reason']})" if row["reason"] else ""
+    return (f"{row['at']}  {row['worker']:<24} run  slot {row['slot']:<3} {row['node_id']} "
+            f"{_pids(row)} {row['state']}{code}{took}{why}{_trigger_text(row)}")
 
 
 def _history_generation_text(row: dict[str, Any]) -> str:

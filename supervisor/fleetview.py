@@ -48,6 +48,7 @@ from supervisor.store import (
     CoordSlot,
     CoordStatus,
     CronRunRecord,
+    CronTrigger,
     Holder,
     LeaseState,
     NodeMember,
@@ -286,8 +287,10 @@ def _by_tick(records: Sequence[CronRunRecord]) -> list[list[CronRunRecord]]:
 def _tick_data(group: Sequence[CronRunRecord], live: set[str] | frozenset[str]) -> dict[str, Any]:
     level = next((r for r in group if r.slot < 0), None)
     runs = sorted((r for r in group if r.slot >= 0), key=lambda r: (r.slot, r.token))
+    trigger = group[0].trigger  # a run asked for by `supervisor trigger`: who and why
     return {
         "tick": iso(group[0].tick),
+        "trigger": None if trigger is None else _trigger_data(trigger),
         "state": level.state if level is not None else tick_summary([r.state for r in runs]),
         "reason": None if level is None else level.reason,
         "runs": [{**run_data(r), "holder_live": _holder_live(r, live)} for r in runs],
@@ -344,7 +347,9 @@ def _term_data(r: TermRecord) -> dict[str, Any]:
     worker, group = worker_of(r.lease)
     return {
         "kind": "term", "at": iso(r.acquired_at), "worker": worker, "group": group,
-        "term": r.term, "node_id": r.holder.node_id, "pid": r.holder.pid,
+        # `pid`: the term's (latest) child; the supervisor's own is `supervisor_pid`
+        "term": r.term, "node_id": r.holder.node_id, "pid": r.child_pid,
+        "supervisor_pid": r.holder.pid,
         "started": iso(r.acquired_at), "ended": iso(r.ended_at),
         "duration": None if r.ended_at is None else round(r.ended_at - r.acquired_at, 3),
         "outcome": r.outcome or "holding", "reason": r.reason,
@@ -352,8 +357,19 @@ def _term_data(r: TermRecord) -> dict[str, Any]:
 
 
 def _history_run(r: CronRunRecord) -> dict[str, Any]:
+    """A run in the history: `pid` is its child's, `supervisor_pid` its supervisor's; a
+    triggered run (`supervisor trigger`) is placed at its request, with who asked and why."""
+    trigger = r.trigger
     return {"kind": "run", "at": iso(r.tick), "worker": r.worker, "tick": iso(r.tick),
-            **run_data(r)}
+            **run_data(r), "pid": r.child_pid,
+            "supervisor_pid": None if r.holder is None else r.holder.pid,
+            "trigger": None if trigger is None else _trigger_data(trigger)}
+
+
+def _trigger_data(trigger: CronTrigger) -> dict[str, Any]:
+    return {"id": trigger.id, "key": trigger.key, "user": trigger.actor_user,
+            "host": trigger.actor_host, "reason": trigger.reason,
+            "requested": iso(trigger.requested_at)}
 
 
 def _generation_data(g: CoordGeneration) -> dict[str, Any]:

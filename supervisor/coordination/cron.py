@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from supervisor.coordination import Grant
@@ -37,7 +37,7 @@ from supervisor.schedule import (
     recent_ticks,
 )
 from supervisor.spec import WorkerSpec
-from supervisor.store import ClaimOutcome, CronRun
+from supervisor.store import ClaimOutcome, CronRun, CronTrigger
 
 log = logging.getLogger("supervisor")
 
@@ -77,13 +77,23 @@ class CronMode:
         self._resync = True  # look at what happened while we were away before the next tick
         self._pending_misses: list[float] = []  # in grace, not run (catch_up): record after
         self._acquired: list[RunGrant] = []  # claimed, not yet handed to the supervisor
+        # `supervisor trigger`: open triggers the node sync delivered, not yet claimed;
+        # those already claimed (or refused) are remembered while they stay open.
+        self._triggers: dict[int, CronTrigger] = {}
+        self._seen: set[int] = set()
+        self._trigger_wake = asyncio.Event()
 
     # --- what the cron supervisor calls --------------------------------------------------------
 
     async def next_runs(self) -> list[RunGrant]:
         """Wait for the next tick(s) this node claims a slot of; cancellable."""
+        self._node.cron_triggers(self._worker, self._heard_triggers)
         await self._node.clock_ready()
         while True:
+            if self._triggers:
+                await self._claim_triggers()
+                if self._acquired:
+                    return self._hand_over()
             if self._resync:
                 await self._after_downtime()
                 if self._acquired:
@@ -94,7 +104,8 @@ class CronMode:
             tick = next_tick(self._schedule, self._tz, self._cursor)
             grace = self._spec.misfire_grace + _MISS_MARGIN
             deadline = min([tick, *(t + grace for t in self._pending_misses)])
-            await self._sleep_until(deadline)
+            if not await self._sleep_until(deadline):
+                continue  # a trigger came
             if deadline < tick:
                 await self._record_pending()
                 continue
@@ -115,15 +126,19 @@ class CronMode:
 
     async def abandon(self) -> None:
         """The supervisor stopped between a claim and its start: record those runs."""
+        self._node.cron_triggers(self._worker, None)
         for grant in self._hand_over():
             await self.finish(grant, "stopped", None, "supervisor stopped before the run started")
 
     async def wait_clear(self, grant: RunGrant) -> bool:
         """overlap = replace: wait until no run of an earlier tick is still going fleet-wide
         (each was asked to stop by the claim); False if this run was revoked meanwhile."""
+        run = grant.run
         while not grant.revoked.is_set():
             with contextlib.suppress(StoreError):
-                left = await self._node.runs_before(self._worker, grant.run.tick)
+                left = (await self._node.runs_before(self._worker, run.tick)
+                        if run.trigger is None
+                        else await self._node.runs_besides(self._worker, run.trigger))
                 if left == 0:
                     return True
             with contextlib.suppress(TimeoutError):
@@ -132,10 +147,10 @@ class CronMode:
         return False
 
     async def finish(self, grant: RunGrant, state: str, exit_code: int | None,
-                     reason: str | None) -> bool:
-        """Record how the run ended; retried for up to a lease TTL while the database is
-        away (meanwhile the run is still renewed). False if it could not be recorded,
-        or the run had already been marked lost."""
+                     reason: str | None, *, child_pid: int | None = None) -> bool:
+        """Record how the run ended (and its child's pid); retried for up to a lease TTL
+        while the database is away (meanwhile the run is still renewed). False if it could
+        not be recorded, or the run had already been marked lost."""
         run = grant.run
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._node.timing.lease_ttl
@@ -143,7 +158,7 @@ class CronMode:
             while True:
                 try:
                     return await self._node.finish_run(run, state, exit_code=exit_code,
-                                                       reason=reason)
+                                                       reason=reason, child_pid=child_pid)
                 except StoreError as exc:
                     if loop.time() >= give_up:
                         log.warning("%s: could not record the run of %s as %s (%s); it will "
@@ -155,19 +170,74 @@ class CronMode:
             self._node.drop_run(run.token)
 
     def env(self, run: CronRun) -> dict[str, str]:
-        return {
+        env = {
             "SUPERVISOR_FENCING_TOKEN": str(run.token),
             "SUPERVISOR_CRON_TICK": format_utc(run.tick),
             "SUPERVISOR_CRON_SLOT": str(run.slot),
         }
+        if run.trigger is not None:  # a triggered run: TICK is when it was asked for
+            env["SUPERVISOR_CRON_TRIGGER"] = str(run.trigger)
+        return env
+
+    # --- triggers (`supervisor trigger`) -------------------------------------------------------
+
+    def _heard_triggers(self, triggers: Sequence[CronTrigger]) -> None:
+        """A node sync read the worker's open triggers: the new ones are claimed next."""
+        open_ids = {trigger.id for trigger in triggers}
+        self._seen &= open_ids  # a trigger no longer open is never delivered again
+        for trigger in triggers:
+            if trigger.id not in self._seen:
+                self._seen.add(trigger.id)
+                self._triggers[trigger.id] = trigger
+                self._trigger_wake.set()
+
+    async def _claim_triggers(self) -> None:
+        """Claim slots of each trigger heard (up to max_per_node), as of a tick."""
+        spec = self._spec
+        pending, self._triggers = self._triggers, {}
+        self._trigger_wake.clear()
+        for trigger in pending.values():
+            for _ in range(spec.max_per_node):
+                sent = self._node.stamp()
+                try:
+                    outcome = await self._node.claim_trigger(
+                        trigger.id, max_run=spec.max_run, max_per_node=spec.max_per_node,
+                        forbid_overlap=spec.overlap == "forbid",
+                        replace_earlier=spec.overlap == "replace")
+                except StoreError as exc:
+                    log.warning("%s: could not claim the run triggered by %s@%s (%s)",
+                                self._worker, trigger.actor_user, trigger.actor_host, exc)
+                    self._seen.discard(trigger.id)  # tried again when a sync delivers it
+                    break
+                run = outcome.run
+                self._publish(CronClaimed(self._worker, trigger.requested_at, outcome.result,
+                                          None if run is None else run.slot,
+                                          None if run is None else run.token))
+                if run is None:
+                    break
+                log.info("%s: runs now (slot %d), triggered by %s@%s%s", self._worker,
+                         run.slot, trigger.actor_user, trigger.actor_host,
+                         f": {trigger.reason}" if trigger.reason else "")
+                grant = RunGrant(env=self.env(run),
+                                 stop_grace=self._node.timing.leader_stop_grace, run=run)
+                self._node.keep_run(run, grant, sent)
+                self._acquired.append(grant)
 
     # --- ticks ---------------------------------------------------------------------------------
 
-    async def _sleep_until(self, db_time: float) -> None:
+    async def _sleep_until(self, db_time: float) -> bool:
+        """Sleep until `db_time` (True), or until a trigger comes (False)."""
         loop = asyncio.get_running_loop()
         # A timer, not an event: the instant is on the database's clock, re-read each slice.
-        while (delay := self._node.loop_time_of(db_time) - loop.time()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(delay, _MAX_SLEEP))
+        while (delay := self._node.loop_time_of(db_time) - loop.time()) > 0:
+            if self._triggers:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, _MAX_SLEEP)):
+                    await self._trigger_wake.wait()
+            if not self._triggers:
+                self._trigger_wake.clear()
+        return True
 
     async def _claim_tick(self, tick: float) -> None:
         for _ in range(self._spec.max_per_node):

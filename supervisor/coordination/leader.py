@@ -11,9 +11,14 @@ grant carries the lease's term as the child's fencing token
 
 from __future__ import annotations
 
+import logging
+
 from supervisor.coordination import Grant
 from supervisor.coordination.port import NodePort
+from supervisor.errors import StoreError
 from supervisor.model import Mode
+
+log = logging.getLogger("supervisor")
 
 
 class LeaderMode:
@@ -32,3 +37,10 @@ class LeaderMode:
 
     async def release(self, grant: Grant, reason: str) -> None:
         await self._node.give_up(self._lease, reason)
+
+    async def child_started(self, pid: int) -> None:
+        """Record the child's pid on this node's term (history shows it); best effort."""
+        try:
+            await self._node.lease_child(self._lease, pid)
+        except StoreError as exc:
+            log.info("%s: could not record the pid of its child (%s)", self._worker, exc)

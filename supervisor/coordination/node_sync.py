@@ -43,7 +43,7 @@ from supervisor.coordination import Grant
 from supervisor.coordination.dblane import OTHER, RELEASE, SYNC, DbLane
 from supervisor.coordination.hold import HeldTable, Stamp
 from supervisor.coordination.leases import Leases
-from supervisor.coordination.port import OnView
+from supervisor.coordination.port import OnTriggers, OnView
 from supervisor.coordination.quarantine import Quarantine
 from supervisor.coordination.upkeep import SyncState, Upkeep
 from supervisor.errors import StoreError, StoreUnavailable
@@ -98,6 +98,7 @@ class NodeSync:
         # coordinated workers: keys this node is a member of, with who hears their views
         self._coord: dict[str, OnView] = {}
         self._coord_watch: set[str] = set()  # keys whose whole membership we read
+        self._triggers: dict[str, OnTriggers] = {}  # cron workers hearing their triggers
         self._db_offset: float | None = None  # database clock minus the loop's monotonic clock
         self._synced = asyncio.Event()
         # Every store call goes through one lane: one thread, one connection, syncs first.
@@ -151,6 +152,8 @@ class NodeSync:
         trust_left = min(trusts, default=sent_at + self.timing.renew_deadline) - sent_at
         bound = max(0.05, min(self.timing.renew_deadline, trust_left))
         extra: dict[str, Any] = {"runs": runs} if runs else {}
+        if self._triggers:
+            extra["cron_workers"] = sorted(self._triggers)
         if self._coord:
             # Only the publisher of a key reads its whole membership: rows read per
             # sync must not grow with the fleet on every node.
@@ -169,6 +172,8 @@ class NodeSync:
         self._synced_runs(result, sent)
         self._synced_coord(result, sent)
         self._leases.synced(result, sent)
+        for worker, hear in list(self._triggers.items()):
+            hear([trigger for trigger in result.triggers if trigger.worker == worker])
 
     def _measured(self, result: SyncResult, sent_at: float, wall_sent: float) -> float:
         """A sync answered: the database is up, and its clock measured again; returns
@@ -257,6 +262,11 @@ class NodeSync:
     async def give_up(self, name: str, reason: str) -> None:
         await self._leases.give_up(name, reason)
 
+    async def lease_child(self, name: str, pid: int) -> None:
+        for lease in self._leases.held():
+            if lease.name == name:
+                await self.call(self.store.lease_child_pid, lease, pid)
+
     # --- NodePort: cron runs -------------------------------------------------------------------
 
     async def claim_run(self, worker: str, tick: float, *, max_run: int, max_per_node: int,
@@ -274,9 +284,25 @@ class NodeSync:
         self._runs.drop(token)
 
     async def finish_run(self, run: CronRun, state: str, *, exit_code: int | None,
-                         reason: str | None) -> bool:
+                         reason: str | None, child_pid: int | None = None) -> bool:
         return await self.call(self.store.cron_finish, run, state, exit_code=exit_code,
-                               reason=reason)
+                               reason=reason, child_pid=child_pid)
+
+    def cron_triggers(self, worker: str, on_triggers: OnTriggers | None) -> None:
+        if on_triggers is None:
+            self._triggers.pop(worker, None)
+        else:
+            self._triggers[worker] = on_triggers
+
+    async def claim_trigger(self, trigger_id: int, *, max_run: int, max_per_node: int,
+                            forbid_overlap: bool, replace_earlier: bool) -> ClaimOutcome:
+        return await self.call(self.store.cron_claim_trigger, trigger_id, holder=self.holder,
+                               max_run=max_run, max_per_node=max_per_node,
+                               ttl=self.timing.lease_ttl, forbid_overlap=forbid_overlap,
+                               replace_earlier=replace_earlier)
+
+    async def runs_besides(self, worker: str, trigger_id: int) -> int:
+        return await self.call(self.store.cron_trigger_blocking, worker, trigger_id)
 
     async def runs_before(self, worker: str, tick: float) -> int:
         return await self.call(self.store.cron_earlier_running, worker, tick)

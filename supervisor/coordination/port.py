@@ -30,11 +30,14 @@ from supervisor.store import (
     CoordView,
     CronRecorded,
     CronRun,
+    CronTrigger,
     Holder,
 )
 
 # Hears what each node sync saw of a coordinated key: (view, the sync's send time).
 OnView = Callable[[CoordView, float], None]
+# Hears the open triggers of a cron worker that each node sync read.
+OnTriggers = Callable[[Sequence[CronTrigger]], None]
 
 
 class NodePort(Protocol):
@@ -66,6 +69,9 @@ class NodePort(Protocol):
     async def give_up(self, name: str, reason: str) -> None:
         """The worker's child has stopped: release the lease at once (or let it expire)."""
 
+    async def lease_child(self, name: str, pid: int) -> None:
+        """The holder of lease `name` started a child: record its pid on the term."""
+
     # --- cron runs -----------------------------------------------------------------------------
 
     async def claim_run(self, worker: str, tick: float, *, max_run: int, max_per_node: int,
@@ -80,8 +86,20 @@ class NodePort(Protocol):
         """Stop renewing the run (it has been recorded as ended)."""
 
     async def finish_run(self, run: CronRun, state: str, *, exit_code: int | None,
-                         reason: str | None) -> bool:
-        """Record how the run ended; False if it had already been marked lost."""
+                         reason: str | None, child_pid: int | None = None) -> bool:
+        """Record how the run ended (and its child's pid); False if it had already been
+        marked lost."""
+
+    def cron_triggers(self, worker: str, on_triggers: OnTriggers | None) -> None:
+        """From the next sync on, hear the open triggers of `worker` (`supervisor
+        trigger`) that each sync reads (None: stop hearing them)."""
+
+    async def claim_trigger(self, trigger_id: int, *, max_run: int, max_per_node: int,
+                            forbid_overlap: bool, replace_earlier: bool) -> ClaimOutcome:
+        """Claim a slot of a trigger's run (see store.CoordinationStore.cron_claim_trigger)."""
+
+    async def runs_besides(self, worker: str, trigger_id: int) -> int:
+        """How many runs of `worker` other than the trigger's are still going fleet-wide."""
 
     async def runs_before(self, worker: str, tick: float) -> int:
         """How many runs of ticks before `tick` are still going fleet-wide."""

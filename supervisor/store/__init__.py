@@ -54,6 +54,7 @@ from supervisor.store.records import (
     CronRecorded,
     CronRun,
     CronRunRecord,
+    CronTrigger,
     Holder,
     Lease,
     LeaseState,
@@ -62,6 +63,7 @@ from supervisor.store.records import (
     SyncRefusal,
     SyncResult,
     TermRecord,
+    TriggerRequest,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class CoordinationStore(Protocol):
         coord_members: Sequence[str] = (),
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
+        cron_workers: Sequence[str] = (),
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
@@ -141,6 +144,10 @@ class CoordinationStore(Protocol):
         held by this holder in the same generation and unexpired (`slots_kept`, by
         (worker_key, index)); the others are `slots_lost`. A slot is renewed even when a
         newer generation was published: it covers a child that still runs.
+
+        Cron triggers: the open triggers (`cron_trigger`) of the workers in
+        `cron_workers` are read in the same transaction, inside their grace, oldest
+        first, into `SyncResult.triggers` (one indexed read; nothing when empty).
         """
 
     def node_leave(self, holder: Holder) -> None:
@@ -207,10 +214,61 @@ class CoordinationStore(Protocol):
         *,
         exit_code: int | None = None,
         reason: str | None = None,
+        child_pid: int | None = None,
         now: float | None = None,
     ) -> bool:
-        """Record how a run ended (succeeded, failed, timed_out, stopped); False if the run
-        is no longer this holder's running run (it was marked lost meanwhile)."""
+        """Record how a run ended (succeeded, failed, timed_out, stopped) and the pid of
+        its child (None: none started); False if the run is no longer this holder's
+        running run (it was marked lost meanwhile)."""
+
+    def cron_trigger(
+        self,
+        worker: str,
+        key: str,
+        *,
+        actor_user: str,
+        actor_host: str,
+        reason: str | None = None,
+        grace: float,
+        now: float | None = None,
+    ) -> TriggerRequest:
+        """Ask for one extra run of a cron worker now (`supervisor trigger`), requested at
+        the database's now, with who asked (as the client declares it) and why. Unique
+        on (worker, key): a second request with a used key creates nothing and returns
+        the first (`created` False), so a retried request never runs twice. The trigger
+        is open, delivered by node_sync, until it is decided; a trigger nobody ran within
+        `grace` is recorded missed (by the late claim, or by `maintain`)."""
+
+    def cron_claim_trigger(
+        self,
+        trigger_id: int,
+        *,
+        holder: Holder,
+        max_run: int,
+        max_per_node: int = 1,
+        ttl: float,
+        forbid_overlap: bool = False,
+        replace_earlier: bool = False,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        """Claim a slot of a trigger's run, as `cron_claim` claims a tick's, within the
+        trigger's grace. Its runs are keyed apart from every schedule tick (the run's
+        `tick` is the request time, `trigger` the id); at most max_run per trigger, at
+        most max_per_node of them for this node. A triggered run counts as earlier than
+        every tick (a tick's forbid skips, its replace stops it). `forbid_overlap`: while
+        another run of the worker is running and unexpired, the trigger is recorded
+        skipped. `replace_earlier`: the claim asks every other running run of the worker
+        to stop (`ClaimOutcome.replaced`); the run starts once `cron_trigger_blocking` is
+        0. The trigger is closed once its max_run slots are taken, or it is decided."""
+
+    def cron_trigger_blocking(self, worker: str, trigger_id: int, *,
+                              now: float | None = None) -> int:
+        """How many runs of the worker other than the trigger's own are still running and
+        unexpired (database time): a replacing triggered run waits for 0."""
+
+    def lease_child_pid(self, lease: Lease, pid: int) -> None:
+        """Record the pid of the child the holder of `lease` started on its term (the
+        latest one when a term restarts its child); nothing if the term is not its."""
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
         """Cron history, newest tick first."""
@@ -311,6 +369,7 @@ __all__ = [
     "CronRecorded",
     "CronRun",
     "CronRunRecord",
+    "CronTrigger",
     "Holder",
     "Lease",
     "LeaseState",
@@ -319,4 +378,5 @@ __all__ = [
     "SyncRefusal",
     "SyncResult",
     "TermRecord",
+    "TriggerRequest",
 ]

@@ -86,6 +86,7 @@ class TermRecord:
     ended_at: float | None
     outcome: str | None  # released | expired | None while held
     reason: str | None
+    child_pid: int | None = None  # the pid of the leader's latest child (migration 0010)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,34 @@ class CronRun:
     slot: int  # 0 <= slot < max_run
     holder: Holder
     expires_at: float  # database time; renewed by node_sync while the run goes on
+    # A run asked for by `supervisor trigger` (store/sql_triggers.py): the trigger's id;
+    # `tick` is then the time it was requested. None: a run of a schedule tick.
+    trigger: int | None = None
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    """A request to run a cron worker once now (`supervisor trigger`), as the store keeps
+    it and node_sync delivers it while it is open (not all its slots taken, not decided,
+    not past its grace)."""
+
+    id: int  # only grows; the trigger's runs are keyed by it, apart from schedule ticks
+    worker: str
+    key: str  # the idempotency key: one trigger per (worker, key)
+    requested_at: float  # database time
+    grace: float  # misfire_grace when it was requested: no run starts after that
+    actor_user: str
+    actor_host: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    """What `cron_trigger` did: the trigger, and whether this call created it (False: the
+    key was already used, so the trigger asked for before stands and nothing new runs)."""
+
+    trigger: CronTrigger
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,8 @@ class CronRunRecord:
     ended_at: float | None
     exit_code: int | None
     reason: str | None
+    child_pid: int | None = None  # the run's child (migration 0010); None: not recorded
+    trigger: CronTrigger | None = None  # a triggered run: `tick` is its requested_at
 
 
 @dataclass(frozen=True)
@@ -234,6 +265,8 @@ class SyncResult:
     # left out so that the rest went through; their leases, runs and slots are also in
     # `lost`, `runs_lost` and `slots_lost` (or simply not acquired).
     refused: tuple[SyncRefusal, ...] = ()
+    # Open triggers of the cron workers the node passed (`cron_workers`), by id.
+    triggers: tuple[CronTrigger, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ terms = Table(
     Column("ended_at", Double),
     Column("outcome", String(16)),
     Column("reason", String(255)),
+    Column("child_pid", Integer),  # the latest child of the term (migration 0010)
 )
 
 cron_runs = Table(
@@ -106,7 +107,27 @@ cron_runs = Table(
     Column("reason", String(255)),
     # 1: a later tick replaces this run (overlap = replace); its holder stops the child
     Column("stop_requested", SmallInteger, nullable=False, server_default="0"),
+    # Migration 0010: the trigger of a triggered run (its tick is then -trigger_id), and
+    # the run's child's pid.
+    Column("trigger_id", BigInteger),
+    Column("child_pid", Integer),
     sqlite_autoincrement=True,  # tokens only grow, even after history was pruned
+)
+
+cron_triggers = Table(  # `supervisor trigger`: a request to run a cron worker once now
+    "fs_cron_triggers",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("worker", String(100), nullable=False),
+    Column("trigger_key", String(64), nullable=False),  # unique per worker: idempotency
+    Column("requested_at", Double, nullable=False),
+    Column("grace", Double, nullable=False),
+    Column("actor_user", String(200), nullable=False),
+    Column("actor_host", String(255), nullable=False),
+    Column("reason", String(255)),
+    Column("claim", String(32)),
+    Column("closed_at", Double),  # decided: all slots taken, skipped, or past its grace
+    sqlite_autoincrement=True,
 )
 
 # --- coordinated workers: a worker key is `worker`, or `worker/group` for scope group ---

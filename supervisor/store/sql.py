@@ -52,6 +52,7 @@ from supervisor.store import (
     NodeMember,
     SyncResult,
     TermRecord,
+    TriggerRequest,
 )
 from supervisor.store.classify import refusal_cause
 from supervisor.store.database import MIGRATE_LOCK, MYSQL_MIGRATE_LOCK, Database
@@ -63,6 +64,7 @@ from supervisor.store.sql_coord_slots import CoordSlotSql
 from supervisor.store.sql_cron import CronSql
 from supervisor.store.sql_leases import LeaseSql
 from supervisor.store.sql_nodes import NodeSql
+from supervisor.store.sql_triggers import TriggerSql
 
 if TYPE_CHECKING:
     from supervisor.store.compat import SchemaState
@@ -97,6 +99,7 @@ class SqlStore:
         self._leases = LeaseSql(self._db, secret)
         self._nodes = NodeSql(self._db)
         self._cron = CronSql(self._db)
+        self._triggers = TriggerSql(self._db, self._cron)
         self._slots = CoordSlotSql(self._db)
         self._coord = CoordSql(self._db, self._slots)
 
@@ -201,6 +204,7 @@ class SqlStore:
         coord_members: Sequence[str] = (),
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
+        cron_workers: Sequence[str] = (),
         now: float | None = None,
     ) -> SyncResult:
         """One transaction, no savepoints; if a refused row failed it, once more with each
@@ -221,7 +225,8 @@ class SqlStore:
                 runs_lost=tuple(run.token for run in runs if run.token not in runs_kept),
                 coord=coord, slots_kept=slots_kept,
                 slots_lost=tuple(key for key in slots if key not in slots_kept),
-                refused=() if apart is None else tuple(apart.refused))
+                refused=() if apart is None else tuple(apart.refused),
+                triggers=self._triggers.pending(conn, cron_workers, now))
 
         try:
             return self._db.run(lambda conn: work(conn, None))
@@ -249,6 +254,7 @@ class SqlStore:
             pruned = self._leases.maintain(conn, keep, now, batch)
             self._nodes.prune(conn, now)
             self._cron.close_lost(conn, now)
+            pruned += self._triggers.maintain(conn, keep, now, batch)
             pruned += self._cron.prune(conn, keep, now, batch)
             return pruned + self._coord.maintain(conn, keep, now, batch)
 
@@ -294,9 +300,34 @@ class SqlStore:
 
     def cron_finish(
         self, run: CronRun, state: str, *, exit_code: int | None = None,
-        reason: str | None = None, now: float | None = None,
+        reason: str | None = None, child_pid: int | None = None, now: float | None = None,
     ) -> bool:
-        return self._cron.cron_finish(run, state, exit_code=exit_code, reason=reason, now=now)
+        return self._cron.cron_finish(run, state, exit_code=exit_code, reason=reason,
+                                      child_pid=child_pid, now=now)
+
+    def cron_trigger(
+        self, worker: str, key: str, *, actor_user: str, actor_host: str,
+        reason: str | None = None, grace: float, now: float | None = None,
+    ) -> TriggerRequest:
+        return self._triggers.cron_trigger(worker, key, actor_user=actor_user,
+                                           actor_host=actor_host, reason=reason, grace=grace,
+                                           now=now)
+
+    def cron_claim_trigger(
+        self, trigger_id: int, *, holder: Holder, max_run: int, max_per_node: int = 1,
+        ttl: float, forbid_overlap: bool = False, replace_earlier: bool = False,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        return self._triggers.cron_claim_trigger(
+            trigger_id, holder=holder, max_run=max_run, max_per_node=max_per_node, ttl=ttl,
+            forbid_overlap=forbid_overlap, replace_earlier=replace_earlier, now=now)
+
+    def cron_trigger_blocking(self, worker: str, trigger_id: int, *,
+                              now: float | None = None) -> int:
+        return self._triggers.cron_trigger_blocking(worker, trigger_id, now=now)
+
+    def lease_child_pid(self, lease: Lease, pid: int) -> None:
+        self._leases.lease_child_pid(lease, pid)
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
         return self._cron.cron_runs(worker=worker, limit=limit)

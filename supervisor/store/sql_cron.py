@@ -24,22 +24,41 @@ Invariants, each enforced by the database in the claim's own transaction:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, inspect, null, select, update
 from sqlalchemy.engine import Connection
 
-from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
+from supervisor.store import (
+    ClaimOutcome,
+    CronRecorded,
+    CronRun,
+    CronRunRecord,
+    CronTrigger,
+    Holder,
+)
 from supervisor.store.database import Database
 from supervisor.store.dialect import clock, new_claim
 from supervisor.store.refusals import Apart, guarded, in_parts
-from supervisor.store.schema import cron_runs
+from supervisor.store.schema import cron_runs, cron_triggers
 
 RUNNING = "running"
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
 MISSED_REASON = "nobody could run it within misfire_grace"
 SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
 _REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> claim result
+OVERLAP_KEY = -0.5  # ticks are >= 0, a trigger's runs at -id <= -1: see `hold_overlap`
+
+
+def trigger_of(r: Mapping[Any, Any]) -> CronTrigger:
+    """A fs_cron_triggers row (store/sql_triggers.py) as a record."""
+    return CronTrigger(int(r["id"]), r["worker"], r["trigger_key"], float(r["requested_at"]),
+                       float(r["grace"]), r["actor_user"], r["actor_host"], r["reason"])
+
+
+_SINCE_0010 = ("child_pid", "trigger_id", "id", "t_worker", "trigger_key", "requested_at",
+               "grace", "actor_user", "actor_host", "t_reason")
 
 
 class CronSql:
@@ -48,6 +67,14 @@ class CronSql:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._sql = db.dialect
+        self._since_0010 = False
+
+    def since_0010(self, conn: Connection) -> bool:
+        """Whether the schema has migration 0010's triggers and pids (once it has, it
+        keeps them: only the answer True is remembered)."""
+        if not self._since_0010:
+            self._since_0010 = inspect(conn).has_table(cron_triggers.name)
+        return self._since_0010
 
     def cron_claim(
         self,
@@ -76,6 +103,8 @@ class CronSql:
             decided = self._tick_state(conn, worker, tick)
             if decided is not None:  # missed or skipped is final: never run late
                 return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            if forbid_overlap:  # a trigger's claim may be checking at this very moment
+                self.hold_overlap(conn, worker)
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
                                   "overlap forbidden: a run of an earlier tick is still going",
@@ -244,6 +273,13 @@ class CronSql:
                                             cron_runs.c.claim == claim)
         ).first() is not None
 
+    def hold_overlap(self, conn: Connection, worker: str) -> None:
+        """overlap = forbid: take the worker's overlap key until commit (`_hold_tick` of
+        OVERLAP_KEY, a tick no schedule and no trigger has), so that a tick's claim and a
+        trigger's claim (store/sql_triggers.py), which may come at any instant, queue:
+        whichever goes second sees the other's run in its check for one running."""
+        self._hold_tick(conn, worker, OVERLAP_KEY)
+
     def _hold_tick(self, conn: Connection, worker: str, tick: float) -> None:
         """Take the tick's slot-0 key until commit: insert a placeholder there if absent and
         delete it again. Every run of a tick is in slot 0 or came after a committed slot 0,
@@ -260,12 +296,13 @@ class CronSql:
 
     def cron_recorded(self, worker: str, since: float) -> CronRecorded:
         def work(conn: Connection) -> CronRecorded:
+            schedule = cron_runs.c.trigger_id.is_(None)  # a triggered run is no tick
             first = conn.execute(
-                select(func.min(cron_runs.c.tick)).where(cron_runs.c.worker == worker)
+                select(func.min(cron_runs.c.tick)).where(cron_runs.c.worker == worker, schedule)
             ).scalar()
             ticks = conn.execute(
                 select(cron_runs.c.tick).distinct()
-                .where(cron_runs.c.worker == worker, cron_runs.c.tick > since)
+                .where(cron_runs.c.worker == worker, cron_runs.c.tick > since, schedule)
             ).scalars()
             return CronRecorded(None if first is None else float(first),
                                 frozenset(float(tick) for tick in ticks))
@@ -297,6 +334,7 @@ class CronSql:
         *,
         exit_code: int | None = None,
         reason: str | None = None,
+        child_pid: int | None = None,
         now: float | None = None,
     ) -> bool:
         if state not in FINAL_STATES:
@@ -309,7 +347,8 @@ class CronSql:
                 .where(cron_runs.c.token == run.token, cron_runs.c.state == RUNNING,
                        cron_runs.c.holder_nonce == run.holder.nonce)
                 .values(state=state, ended_at=clock(now), exit_code=exit_code,
-                        reason=None if reason is None else reason[:255], claim=claim)
+                        reason=None if reason is None else reason[:255], claim=claim,
+                        child_pid=child_pid)
             )
             return conn.execute(
                 select(cron_runs.c.token).where(cron_runs.c.token == run.token,
@@ -354,7 +393,8 @@ class CronSql:
         ).all()
         kept = {int(r.token): CronRun(
             int(r.token), by_token[int(r.token)].worker, by_token[int(r.token)].tick,
-            by_token[int(r.token)].slot, holder, float(r.expires_at)) for r in rows}
+            by_token[int(r.token)].slot, holder, float(r.expires_at),
+            by_token[int(r.token)].trigger) for r in rows}
         return kept, tuple(sorted(int(r.token) for r in rows if r.stop_requested))
 
     def close_lost(self, conn: Connection, now: float | None) -> None:
@@ -379,23 +419,48 @@ class CronSql:
         return len(old)
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
-        c = cron_runs.c  # the columns history shows: readable before and after upgrades
-        query = (select(c.token, c.worker, c.tick, c.slot, c.holder_node, c.holder_group,
-                        c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
-                        c.exit_code, c.reason)
-                 .order_by(cron_runs.c.tick.desc(), cron_runs.c.slot, cron_runs.c.token)
-                 .limit(limit))
+        c, t = cron_runs.c, cron_triggers.c  # the columns history shows
+        old = (select(c.token, c.worker, c.tick, c.slot, c.holder_node, c.holder_group,
+                      c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
+                      c.exit_code, c.reason, *(null().label(n) for n in _SINCE_0010))
+               .order_by(c.tick.desc(), c.slot, c.token).limit(limit))
+        new = (select(c.token, c.worker, c.tick, c.slot, c.holder_node, c.holder_group,
+                      c.holder_pid, c.holder_nonce, c.state, c.claimed_at, c.ended_at,
+                      c.exit_code, c.reason, c.child_pid, c.trigger_id, t.id,
+                      t.worker.label("t_worker"), t.trigger_key, t.requested_at, t.grace,
+                      t.actor_user, t.actor_host, t.reason.label("t_reason"))
+               .select_from(cron_runs.outerjoin(cron_triggers, c.trigger_id == t.id))
+               .limit(limit))
         if worker is not None:
-            query = query.where(cron_runs.c.worker == worker)
+            old, new = old.where(c.worker == worker), new.where(c.worker == worker)
+        # Two reads an index serves (not one sorted by request time): the ticks newest
+        # first, and the triggered runs (tick -id) newest first; merged below.
+        ticks = new.where(c.tick >= 0).order_by(c.tick.desc(), c.slot, c.token)
+        triggered = new.where(c.tick < 0).order_by(c.tick, c.slot, c.token)
+
+        def trigger(r: Any) -> CronTrigger | None:
+            if r.id is None:
+                return None
+            return trigger_of({**r._mapping, "worker": r.t_worker, "reason": r.t_reason})
 
         def work(conn: Connection) -> list[CronRunRecord]:
+            # readable before and after upgrades: a schema before 0010 has no triggers
+            if not self.since_0010(conn):
+                return records(conn.execute(old))
+            found = records(conn.execute(ticks)) + records(conn.execute(triggered))
+            found.sort(key=lambda r: (-r.tick, r.slot, r.token))
+            return found[:limit]
+
+        def records(rows: Any) -> list[CronRunRecord]:
             return [CronRunRecord(
-                int(r.token), r.worker, float(r.tick), int(r.slot),
+                int(r.token), r.worker,
+                float(r.tick) if r.requested_at is None else float(r.requested_at),
+                int(r.slot),
                 None if r.holder_nonce is None else Holder(
                     r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
                 r.state, float(r.claimed_at), None if r.ended_at is None else float(r.ended_at),
-                r.exit_code, r.reason,
-            ) for r in conn.execute(query)]
+                r.exit_code, r.reason, r.child_pid, trigger(r),
+            ) for r in rows]
 
         return self._db.run(work)
 

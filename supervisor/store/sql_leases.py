@@ -17,7 +17,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from supervisor.errors import StoreError, StoreRefused
@@ -35,6 +47,10 @@ _NO_HOLDER: dict[str, Any] = dict.fromkeys(
      "renewed_at"))
 _READ = (leases.c.name, leases.c.term, leases.c.expires_at)
 
+
+# fs_terms as every admitted schema has it (0010 added child_pid): what a node reads
+# before its own upgrade, e.g. when it restores a lease row
+_BEFORE_0010 = [column for column in terms.c if column.name != "child_pid"]
 
 class LeaseSql:
     """The lease part of SqlStore, on the database it is given."""
@@ -70,7 +86,7 @@ class LeaseSql:
             return
         last = (select(terms.c.lease, func.max(terms.c.term).label("term"))
                 .where(terms.c.lease.in_(list(rows))).group_by(terms.c.lease).subquery())
-        found = conn.execute(select(terms).join(
+        found = conn.execute(select(*_BEFORE_0010).join(
             last, and_(terms.c.lease == last.c.lease, terms.c.term == last.c.term))).all()
         at = float(conn.execute(select(clock(now))).scalar_one()) if found else 0.0
         for r in found:
@@ -226,7 +242,13 @@ class LeaseSql:
             ) for r in rows]
 
     def terms(self, *, lease: str | None = None, limit: int = 100) -> list[TermRecord]:
-        query = select(terms).order_by(terms.c.acquired_at.desc(), terms.c.id.desc()).limit(limit)
+        if not getattr(self, "_since_0010", False):  # a schema before 0010: no child_pid
+            with self._db.txn() as conn:
+                self._since_0010 = "child_pid" in {
+                    c["name"] for c in inspect(conn).get_columns(terms.name)}
+        columns = [c for c in terms.c if self._since_0010 or c.name != "child_pid"]
+        query = (select(*columns).order_by(terms.c.acquired_at.desc(), terms.c.id.desc())
+                 .limit(limit))
         if lease is not None:  # the lease itself, or its per-group leases "lease/group"
             query = query.where(or_(terms.c.lease == lease,
                                     self._sql.starts_with(terms.c.lease,
@@ -237,8 +259,16 @@ class LeaseSql:
                 r.lease, int(r.term),
                 Holder(r.holder_node, r.holder_group, r.holder_pid, r.holder_nonce),
                 float(r.acquired_at), None if r.ended_at is None else float(r.ended_at),
-                r.outcome, r.reason,
+                r.outcome, r.reason, r._mapping.get("child_pid"),
             ) for r in rows]
+
+    def lease_child_pid(self, lease: Lease, pid: int) -> None:
+        """Record the pid of the child the holder of `lease` started, on its term."""
+        with self._db.txn() as conn:
+            conn.execute(update(terms).where(terms.c.lease == lease.name,
+                                             terms.c.term == lease.term,
+                                             terms.c.holder_nonce == lease.holder.nonce)
+                         .values(child_pid=pid))
 
     def maintain(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:
         """Close terms whose holder stopped renewing (outcome "expired"); delete up to

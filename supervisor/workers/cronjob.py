@@ -20,9 +20,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from supervisor.coordination.cron import CronMode, RunGrant
-from supervisor.model import CronRunEnded, Event, WorkerState
+from supervisor.model import CronRunEnded, Event, WorkerStarted, WorkerState
 from supervisor.runner import unless_stopped
 from supervisor.spec import NodeSpec, WorkerSpec
 from supervisor.watchdog_client import TrustWatchdog
@@ -55,10 +56,19 @@ class CronSupervisor(ChildWorker):
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        super().__init__(name, spec, node, publish=publish, watchdog=watchdog,
+        super().__init__(name, spec, node, publish=self._heard, watchdog=watchdog,
                          base_dir=base_dir, environ=environ)
+        self._publish_to = publish
         self.mode = mode
         self._stopped = False
+        # The pid of each run's child, by the task that runs it (the child path publishes
+        # WorkerStarted in that task), for the run's record.
+        self._pids: dict[asyncio.Task[Any] | None, int] = {}
+
+    def _heard(self, event: Event) -> None:
+        if isinstance(event, WorkerStarted):
+            self._pids[asyncio.current_task()] = event.pid
+        self._publish_to(event)
 
     @property
     def state(self) -> WorkerState:
@@ -97,7 +107,9 @@ class CronSupervisor(ChildWorker):
     async def _record(self, grant: RunGrant, state: str, exit_code: int | None,
                       reason: str | None, duration: float) -> None:
         run = grant.run
-        recorded = await asyncio.shield(self.mode.finish(grant, state, exit_code, reason))
+        pid = self._pids.pop(asyncio.current_task(), None)
+        recorded = await asyncio.shield(self.mode.finish(grant, state, exit_code, reason,
+                                                         child_pid=pid))
         self._publish(CronRunEnded(self.name, run.tick, run.slot, run.token, state, exit_code,
                                    duration, recorded))
 

@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from supervisor.coordination import Grant, WorkerMode
-from supervisor.model import Event, RestartScheduled, WorkerGaveUp, WorkerState
+from supervisor.model import (
+    Event,
+    RestartScheduled,
+    WorkerGaveUp,
+    WorkerStarted,
+    WorkerState,
+)
 from supervisor.policy import RestartTracker
 from supervisor.runner import first_of, unless_stopped
 from supervisor.spec import NodeSpec, WorkerSpec
@@ -43,14 +49,26 @@ class WorkerSupervisor(ChildWorker):
         base_dir: Path,
         environ: Mapping[str, str],
     ) -> None:
-        super().__init__(name, spec, node, publish=publish, watchdog=watchdog,
+        super().__init__(name, spec, node, publish=self._heard, watchdog=watchdog,
                          base_dir=base_dir, environ=environ)
+        self._publish_to = publish
         self._state = WorkerState.WAITING
         self._mode = mode
+        self._recording: set[asyncio.Task[None]] = set()  # child pids being recorded
         self._tracker = RestartTracker(
             spec.restart, spec.backoff, spec.max_restarts, spec.restart_window
         )
         self._trust_lost = False
+
+    def _heard(self, event: Event) -> None:
+        """The child path's events, passed on; a leader mode records its child's pid on
+        the term (`LeaderMode.child_started`), in a task of its own."""
+        self._publish_to(event)
+        started = getattr(self._mode, "child_started", None)
+        if isinstance(event, WorkerStarted) and started is not None:
+            task = asyncio.get_running_loop().create_task(started(event.pid))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
 
     @property
     def state(self) -> WorkerState:

@@ -64,6 +64,7 @@ stop_timeout = "1s"
     port = int(run.expect(r"metrics on http://127\.0\.0\.1:(\d+)", after_start=True).group(1))
     run.expect(r"leader: leader of leader/leader with fencing token 1", after_start=True)
     run.expect(r"local: leader of leader/local/blue with fencing token 1", after_start=True)
+    child = int(run.expect(r"^leader \| ready pid=(\d+)", after_start=True).group(1))
     cfg = tmp_path / "supervisor.toml"
 
     status = cli("status", "--json", config=cfg)
@@ -96,6 +97,8 @@ stop_timeout = "1s"
     history = json.loads(cli("history", "leader", "--json", config=cfg).stdout)
     assert [(h["worker"], h["term"], h["outcome"], h["reason"]) for h in history] == [
         ("leader", 1, "released", "supervisor stopped")]
+    # the term's child, as the child itself printed it; the supervisor's pid apart
+    assert (history[0]["pid"], history[0]["supervisor_pid"]) == (child, run.proc.pid)
     everything = cli("history", config=cfg).stdout
     assert "local@blue" in everything and "released" in everything
     for output in (status.stdout, status.stderr, text.stdout, run.text(), body, everything):
@@ -252,8 +255,9 @@ def test_history_merges_cron_runs_and_terms_newest_first(tmp_path, database_url,
         ("run", "job", t0, 1, "failed"),
     ]
     failed = rows[-1]
-    assert (failed["node_id"], failed["pid"], failed["exit_code"], failed["reason"]) == (
-        "node-b", os.getpid() + 1, 3, "exit status 3")
+    # `pid` is the child's (none recorded here), `supervisor_pid` its supervisor's
+    assert (failed["node_id"], failed["supervisor_pid"], failed["pid"], failed["exit_code"],
+            failed["reason"]) == ("node-b", os.getpid() + 1, None, 3, "exit status 3")
     assert failed["duration"] == pytest.approx(0.5, abs=1e-3)
     assert epoch(failed["tick"]) == t0
     assert (rows[3]["term"], rows[3]["node_id"], rows[3]["outcome"]) == (1, "node-a", "holding")

@@ -160,11 +160,41 @@ def test_history_merges_terms_by_acquired_at_and_runs_by_tick_newest_first():
         "lead", "blue", "released")
     assert [r["kind"] for r in history_data(terms, runs, limit=2)] == ["run", "term"]
     text = history_text(rows).splitlines()
-    assert "run  slot 0   node-a pid 101      running" in text[0]
+    assert "run  slot 0   node-a pid -        (supervisor 101) running" in text[0]
     assert "lead" in text[1] and "holding" in text[1]
     assert "tick missed (nobody could run it within misfire_grace)" in text[2]
     assert "failed exit 1 after 1.5s" in text[4]
     assert history_text([]) == "no history yet"
+
+
+def test_history_shows_the_childs_pid_and_the_supervisors_and_who_triggered_a_run():
+    from dataclasses import replace
+
+    from supervisor.store import CronTrigger
+
+    asked = CronTrigger(7, "job", "key-7", T0 - 1, 30.0, "alice", "laptop", "backfill")
+    runs = [
+        replace(run(5, T0 - 1, 0, A, "succeeded", ended=T0 + 2, code=0), child_pid=4242,
+                trigger=asked),
+        replace(run(4, T0 - 1.5, -1, None, "skipped", reason="overlap forbidden"),
+                trigger=replace(asked, id=6, reason=None)),
+        replace(run(3, T0 - 60, 0, B, "succeeded", ended=T0 - 59, code=0), child_pid=77),
+    ]
+    terms = [TermRecord("leader/lead", 2, A, T0 - 100, None, None, None, 999)]
+    rows = history_data(terms, runs)
+    first = rows[0]
+    assert (first["pid"], first["supervisor_pid"]) == (4242, 101)
+    assert first["trigger"] == {"id": 7, "key": "key-7", "user": "alice", "host": "laptop",
+                                "reason": "backfill", "requested": "2027-01-15T07:59:59.000Z"}
+    assert rows[2]["trigger"] is None and rows[2]["pid"] == 77
+    assert (rows[3]["pid"], rows[3]["supervisor_pid"]) == (999, 101)
+    text = history_text(rows).splitlines()
+    assert "node-a pid 4242     (supervisor 101) succeeded" in text[0]
+    assert text[0].endswith("[triggered by alice@laptop: backfill]")
+    assert "triggered skipped (overlap forbidden)  [triggered by alice@laptop]" in text[1]
+    assert "tick" not in text[1].split("job", 1)[1].split("(")[0]
+    assert "[triggered" not in text[2]
+    assert "term 2      node-a pid 999      (supervisor 101) holding" in text[3]
 
 
 # --- coordinated -----------------------------------------------------------------------------
@@ -346,3 +376,19 @@ def test_history_places_generations_at_their_publish_time_with_members_in_index_
     assert text[3].endswith("generation 2 count 3: node-a, node-b, (vacant)  current")
     assert text[4].endswith("indexer                  generation 1 count 1: node-a  "
                             "superseded after 4.0s")
+
+
+def test_status_marks_a_triggered_run_with_who_asked():
+    from dataclasses import replace
+
+    from supervisor.store import CronTrigger
+
+    asked = CronTrigger(3, "job", "k", T0 + 1, 30.0, "bob", "ops-1", None)
+    records = [replace(run(9, T0 + 1, 0, A, "running"), trigger=asked),
+               run(8, T0, 0, B, "succeeded", ended=T0 + 0.5, code=0)]
+    workers = parse_config(CONFIG).workers
+    job = cron_section(workers, T0 + 1.5, [], reader({"job": records}, []))[1]
+    first, second = job["ticks"]
+    assert first["trigger"]["user"] == "bob" and second["trigger"] is None
+    text = status_text(status_data("sqlite:///x.db", T0 + 1.5, [], [], [job]))
+    assert "[triggered by bob@ops-1]" in text

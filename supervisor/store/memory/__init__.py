@@ -38,10 +38,12 @@ from supervisor.store import (
     NodeMember,
     SyncResult,
     TermRecord,
+    TriggerRequest,
 )
 from supervisor.store.memory.coord import CoordTables
 from supervisor.store.memory.cron import FINAL_STATES, CronTables
 from supervisor.store.memory.leases import LeaseTables
+from supervisor.store.memory.triggers import TriggerTables
 from supervisor.store.records import publish_indexes
 
 __all__ = ["MemoryStore"]
@@ -56,6 +58,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._leases = LeaseTables()
         self._cron = CronTables()
+        self._triggers = TriggerTables(self._cron)
         self._coord = CoordTables()
 
     def _at(self, now: float | None) -> float:
@@ -125,6 +128,7 @@ class MemoryStore:
         coord_members: Sequence[str] = (),
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
+        cron_workers: Sequence[str] = (),
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` and `runs`, try `wanted` (existing rows only), renew
@@ -138,6 +142,7 @@ class MemoryStore:
             runs_kept, runs_stop = self._cron.renew(holder, runs, ttl, clock)
             coord, slots_kept = self._coord.sync(holder, coord_members, coord_watch,
                                                  coord_slots, ttl, clock)
+            triggers = self._triggers.pending(cron_workers, clock)
         slots = dict.fromkeys((slot.worker_key, slot.index) for slot in coord_slots)
         return SyncResult(
             db_now=clock, kept=kept, acquired=acquired,
@@ -145,7 +150,8 @@ class MemoryStore:
             runs_kept=runs_kept, runs_stop=runs_stop,
             runs_lost=tuple(run.token for run in runs if run.token not in runs_kept),
             coord=coord, slots_kept=slots_kept,
-            slots_lost=tuple(key for key in slots if key not in slots_kept))
+            slots_lost=tuple(key for key in slots if key not in slots_kept),
+            triggers=triggers)
 
     def node_leave(self, holder: Holder) -> None:
         with self._lock:
@@ -162,6 +168,7 @@ class MemoryStore:
         with self._lock:
             clock = self._at(now)
             return (self._leases.maintain(keep, clock, batch)
+                    + self._triggers.maintain(keep, clock, batch)
                     + self._cron.maintain(keep, clock, batch)
                     + self._coord.maintain(keep, clock, batch))
 
@@ -201,16 +208,45 @@ class MemoryStore:
         *,
         exit_code: int | None = None,
         reason: str | None = None,
+        child_pid: int | None = None,
         now: float | None = None,
     ) -> bool:
         if state not in FINAL_STATES:
             raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
         with self._lock:
-            return self._cron.finish(run, state, exit_code, reason, self._at(now))
+            return self._cron.finish(run, state, exit_code, reason, self._at(now), child_pid)
 
     def cron_runs(self, *, worker: str | None = None, limit: int = 100) -> list[CronRunRecord]:
         with self._lock:
-            return self._cron.history(worker, limit)
+            return self._cron.history(worker, limit, self._triggers.rows)
+
+    def cron_trigger(
+        self, worker: str, key: str, *, actor_user: str, actor_host: str,
+        reason: str | None = None, grace: float, now: float | None = None,
+    ) -> TriggerRequest:
+        with self._lock:
+            return self._triggers.request(worker, key, actor_user, actor_host, reason, grace,
+                                          self._at(now))
+
+    def cron_claim_trigger(
+        self, trigger_id: int, *, holder: Holder, max_run: int, max_per_node: int = 1,
+        ttl: float, forbid_overlap: bool = False, replace_earlier: bool = False,
+        now: float | None = None,
+    ) -> ClaimOutcome:
+        with self._lock:
+            return self._triggers.claim(
+                trigger_id, holder, max_run=max_run, max_per_node=max_per_node, ttl=ttl,
+                forbid_overlap=forbid_overlap, replace_earlier=replace_earlier,
+                clock=self._at(now))
+
+    def cron_trigger_blocking(self, worker: str, trigger_id: int, *,
+                              now: float | None = None) -> int:
+        with self._lock:
+            return self._triggers.blocking(worker, trigger_id, self._at(now))
+
+    def lease_child_pid(self, lease: Lease, pid: int) -> None:
+        with self._lock:
+            self._leases.child_pid(lease, pid)
 
     def cron_recorded(self, worker: str, since: float) -> CronRecorded:
         with self._lock:

@@ -15,10 +15,17 @@ outcomes are the same:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from supervisor.store import ClaimOutcome, CronRecorded, CronRun, CronRunRecord, Holder
+from supervisor.store import (
+    ClaimOutcome,
+    CronRecorded,
+    CronRun,
+    CronRunRecord,
+    CronTrigger,
+    Holder,
+)
 from supervisor.store.memory.leases import REASON_MAX, bare
 
 RUNNING = "running"
@@ -46,6 +53,8 @@ class RunRow:
     reason: str | None = None
     stop_requested: bool = False
     token: int = 0  # given on insert
+    trigger_id: int | None = None  # a triggered run (tick -trigger_id): memory/triggers.py
+    child_pid: int | None = None
 
 
 class CronTables:
@@ -142,18 +151,20 @@ class CronTables:
                 and self.record_tick(worker, tick, "missed", reason, clock)]
 
     def recorded(self, worker: str, since: float) -> CronRecorded:
-        ticks = [r.tick for r in self.rows.values() if r.worker == worker]
+        ticks = [r.tick for r in self.rows.values()
+                 if r.worker == worker and r.trigger_id is None]  # a triggered run is no tick
         return CronRecorded(min(ticks, default=None),
                             frozenset(tick for tick in ticks if tick > since))
 
     def finish(self, run: CronRun, state: str, exit_code: int | None, reason: str | None,
-               clock: float) -> bool:
+               clock: float, child_pid: int | None = None) -> bool:
         row = self.rows.get(run.token)
         if (row is None or row.state != RUNNING or row.holder is None
                 or row.holder.nonce != run.holder.nonce):
             return False
         row.state, row.ended_at, row.exit_code = state, clock, exit_code
         row.reason = None if reason is None else reason[:REASON_MAX]
+        row.child_pid = child_pid
         return True
 
     def renew(self, holder: Holder, runs: Sequence[CronRun], ttl: float,
@@ -169,16 +180,25 @@ class CronTables:
                 continue
             row.expires_at = clock + ttl
             kept[run.token] = CronRun(run.token, run.worker, run.tick, run.slot, holder,
-                                      row.expires_at)
+                                      row.expires_at, run.trigger)
             if row.stop_requested:
                 stop.append(run.token)
         return kept, tuple(sorted(stop))
 
-    def history(self, worker: str | None, limit: int) -> list[CronRunRecord]:
+    def history(self, worker: str | None, limit: int,
+                triggers: Mapping[int, CronTrigger] | None = None) -> list[CronRunRecord]:
+        """Newest first; a triggered run at the time it was requested (`triggers`)."""
+        known = triggers or {}
+
+        def at(r: RunRow) -> float:
+            trigger = None if r.trigger_id is None else known.get(r.trigger_id)
+            return r.tick if trigger is None else trigger.requested_at
+
         rows = sorted((r for r in self.rows.values() if worker is None or r.worker == worker),
-                      key=lambda r: (-r.tick, r.slot, r.token))
-        return [CronRunRecord(r.token, r.worker, r.tick, r.slot, r.holder, r.state,
-                              r.claimed_at, r.ended_at, r.exit_code, r.reason)
+                      key=lambda r: (-at(r), r.slot, r.token))
+        return [CronRunRecord(r.token, r.worker, at(r), r.slot, r.holder, r.state,
+                              r.claimed_at, r.ended_at, r.exit_code, r.reason, r.child_pid,
+                              None if r.trigger_id is None else known.get(r.trigger_id))
                 for r in rows[:limit]]
 
     def maintain(self, keep: float, clock: float, batch: int) -> int:

@@ -52,6 +52,7 @@ class TermRow:
     ended_at: float | None = None
     outcome: str | None = None
     reason: str | None = None
+    child_pid: int | None = None
 
 
 @dataclass
@@ -135,7 +136,13 @@ class LeaseTables:
         found = [r for r in self.terms if lease is None or matches_key(r.lease, lease)]
         found.sort(key=lambda r: (r.acquired_at, r.id), reverse=True)
         return [TermRecord(r.lease, r.term, r.holder, r.acquired_at, r.ended_at, r.outcome,
-                           r.reason) for r in found[:limit]]
+                           r.reason, r.child_pid) for r in found[:limit]]
+
+    def child_pid(self, lease: Lease, pid: int) -> None:
+        for row in self.terms:
+            if (row.lease == lease.name and row.term == lease.term
+                    and row.holder.nonce == lease.holder.nonce):
+                row.child_pid = pid
 
     # --- membership ------------------------------------------------------------------------
 
