@@ -284,3 +284,13 @@ def _supervisord_conflict() -> str | None:
         "environment and owns the same import name 'supervisor' as fleet-supervisor; the two "
         "must not share one environment: uninstall it or use a separate virtualenv"
     )
+
+
+from supervisor import cli_local  # noqa: E402 - this node's commands, after `main` exists
+
+main.add_command(cli_local.ps)
+main.add_command(cli_local.stop)
+main.add_command(cli_local.start)
+main.add_command(cli_local.restart)
+main.add_command(cli_local.signal_)
+main.add_command(cli_local.logs)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from supervisor.control.rows import WorkerFacts
 from supervisor.coordination.cron import CronMode, RunGrant
 from supervisor.model import CronRunEnded, Event, WorkerState
 from supervisor.runner import unless_stopped
@@ -59,6 +60,16 @@ class CronSupervisor(ChildWorker):
                          base_dir=base_dir, environ=environ)
         self.mode = mode
         self._stopped = False
+        self._runs: dict[int, RunGrant] = {}  # the runs under way, by token
+
+    def describe(self) -> WorkerFacts:
+        """What this worker is doing now, for `supervisor ps`."""
+        ticks = tuple(sorted(grant.run.tick for grant in self._runs.values()))
+        tokens = sorted(grant.run.token for grant in self._runs.values())
+        return WorkerFacts(
+            name=self.name, mode=str(self.spec.mode), state=str(self.state),
+            granted=bool(self._runs), token=",".join(map(str, tokens)) or None,
+            next_tick=self.mode.next_tick, running_ticks=ticks, **self.child_facts())
 
     @property
     def state(self) -> WorkerState:
@@ -79,6 +90,13 @@ class CronSupervisor(ChildWorker):
         return self.state
 
     async def _run(self, grant: RunGrant) -> None:
+        self._runs[grant.run.token] = grant
+        try:
+            await self._run_granted(grant)
+        finally:
+            self._runs.pop(grant.run.token, None)
+
+    async def _run_granted(self, grant: RunGrant) -> None:
         if self.spec.overlap == "replace" and not await self._clear(grant):
             await self._record(grant, "stopped", None,
                                grant.reason or "supervisor stopped before the run started",
