@@ -87,7 +87,7 @@ def test_a_long_node_id_is_cut_and_hashed_to_fit_a_socket_address() -> None:
 
 
 def test_a_configured_path_too_long_for_a_socket_is_refused() -> None:
-    with pytest.raises(SocketPathError, match="control_socket: .* bytes; a Unix socket"):
+    with pytest.raises(SocketPathError, match=r"control_socket: .* bytes; a Unix socket"):
         socket_path("/" + "d" * 120 + "/x.sock", "a", base_dir=BASE, environ={}, uid=0)
 
 
