@@ -47,6 +47,7 @@ Handle = Callable[[Request], Awaitable[dict[str, Any]]]
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
 _LIVE_PROBE = 1.0  # seconds to wait for a connection to an existing socket
+_REFUSED_LINGER = 2.0  # seconds a refused peer has to read its answer
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -214,6 +215,12 @@ class ControlServer:
                     REFUSED, f"uid {uid} may not control this supervisor (uid "
                              f"{self._uid}); only its own user and root may").answer()))
                 await writer.drain()
+                # Read what it sent (unanswered) until it closes, briefly: closing with
+                # unread data resets the connection, and the refusal would be lost.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_REFUSED_LINGER):
+                        while await reader.read(MAX_REQUEST):
+                            pass
                 return
             await self._requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
