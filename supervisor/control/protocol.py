@@ -21,7 +21,8 @@ stop/start/restart/signal: `"results": [{"worker", "done", "message"}, ...]`; lo
 worker. CODEs: `bad_request` (not JSON, unknown cmd, a missing or mistyped field),
 `unknown_worker`, `unknown_signal`, `not_running` (a signal for a worker that runs no
 child), `refused` (the peer's uid is neither the supervisor's nor root's: the
-connection is closed after it), `stopping` (the supervisor is shutting down).
+connection is closed after it), `stopping` (the supervisor is shutting down), `internal`
+(the supervisor failed to answer: a bug, logged).
 
 `logs` with `"follow": true`: after its answer the connection carries the worker's new
 lines as they come, one `{"at", "stream", "line"}` object per line, until the client
@@ -54,6 +55,7 @@ UNKNOWN_SIGNAL = "unknown_signal"
 NOT_RUNNING = "not_running"
 REFUSED = "refused"
 STOPPING = "stopping"
+INTERNAL = "internal"
 
 
 class ProtocolError(Exception):

@@ -31,6 +31,7 @@ from typing import Any
 from supervisor.control.logbuffer import Follower, LogBuffers
 from supervisor.control.paths import SocketPath
 from supervisor.control.protocol import (
+    INTERNAL,
     MAX_REQUEST,
     REFUSED,
     ProtocolError,
@@ -129,8 +130,14 @@ class ControlServer:
     def _check_directory(self) -> None:
         directory = self.where.path.parent
         if self.where.own_dir:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(directory, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise ControlRefused(EXIT_INVALID, f"control socket directory {directory}: "
+                                     f"{exc.strerror or exc} (set control_socket to a "
+                                     "writable place)") from None
         else:
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -255,6 +262,10 @@ class ControlServer:
                 answer = await self._handle(request)
             except ProtocolError as exc:
                 answer = exc.answer()
+            except Exception:  # a bug: answered and logged, the supervisor goes on
+                log.exception("control socket: the request %r failed", line[:200])
+                answer = ProtocolError(INTERNAL, "the supervisor failed to answer this "
+                                       "request (see its log)").answer()
             writer.write(encode(answer))
             await writer.drain()
 

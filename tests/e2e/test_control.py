@@ -243,6 +243,18 @@ def test_a_socket_directory_of_another_uid_refuses_to_start(
     assert not marker.exists()  # nothing started
 
 
+def test_a_socket_directory_that_cannot_be_made_refuses_to_start(
+        tmp_path: Path, supervisor_run: Callable[..., Running]) -> None:
+    missing = tmp_path / "no-such-dir"
+    run = supervisor_run('node_id = "ctl-m"\n[metrics]\nenabled = false\n'
+                         '[workers.web]\ncommand = ["true"]\n',
+                         env={"XDG_RUNTIME_DIR": str(missing)})
+    assert run.wait() == 2
+    assert f"control socket directory {missing}/fleet-supervisor: No such file or " \
+           "directory (set control_socket to a writable place)" in run.text()
+    assert "Traceback" not in run.text()
+
+
 def test_a_stale_socket_is_replaced_and_a_live_one_refuses_a_second_supervisor(
         tmp_path: Path, supervisor_run: Callable[..., Running], control_dir: Path) -> None:
     config = 'node_id = "ctl-s"\n[metrics]\nenabled = false\n' \
