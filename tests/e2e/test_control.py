@@ -244,8 +244,8 @@ def test_a_socket_directory_of_another_uid_refuses_to_start(
 
 
 def test_a_socket_directory_that_cannot_be_made_refuses_to_start(
-        tmp_path: Path, supervisor_run: Callable[..., Running]) -> None:
-    missing = tmp_path / "no-such-dir"
+        supervisor_run: Callable[..., Running], control_dir: Path) -> None:
+    missing = control_dir / "gone"  # short: tmp_path may be too long for a socket's path
     run = supervisor_run('node_id = "ctl-m"\n[metrics]\nenabled = false\n'
                          '[workers.web]\ncommand = ["true"]\n',
                          env={"XDG_RUNTIME_DIR": str(missing)})
@@ -401,6 +401,11 @@ def test_restart_keeps_the_lease_stop_hands_it_over_and_start_follows(fleet: Fle
     assert ok(a, "start", "probe") == "probe: started\n"
     wait_role(a, "probe", "follower")
     probe.quiet(HOLD, since=third)
+    # stopping and starting a follower leaves the leader alone
+    assert ok(a, "stop", "probe") == "probe: stopped\n"
+    assert ok(a, "start", "probe") == "probe: started\n"
+    probe.quiet(HOLD, since=third)
+    assert rows(b)["probe"]["pids"] == [third.pid]
     fleet.assert_no_overlaps()
 
 
