@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import pytest
 from tests.conftest import SUPERVISOR_BIN, Running, pid_alive, wait_until
 from tests.e2e.test_coordinated import CoordFleet
 from tests.e2e.test_cron import CronFleet
-from tests.support.fleet import FAST, Fleet, made_fleets
+from tests.support.fleet import FAST, Fleet, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -451,3 +452,34 @@ def test_stopping_a_cron_worker_stops_its_claims_on_that_node(tmp_path: Path,
         restarted = time.time()
         wait_until(lambda: any(e.node == "a" and e.at > restarted for e in fleet.runs()),
                    5 + SLACK, "a run on a again")
+
+
+def test_a_follower_that_does_not_read_loses_lines_and_is_told_while_ps_still_answers(
+        tmp_path: Path, supervisor_run: Callable[..., Running], control_dir: Path) -> None:
+    chatty = worker_toml("chatty", "probe.py", "every-node",
+                         {"PROBE_LOCK": str(tmp_path / "c.lock"),
+                          "PROBE_LOG": str(tmp_path / "c.log"), "PROBE_CHATTY": "1000"}, {})
+    run = supervisor_run('node_id = "ctl-f"\n[metrics]\nenabled = false\n' + chatty)
+    run.expect(r"chatty \| probe running")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(control_dir / "fleet-supervisor" / "ctl-f.sock"))
+    try:
+        sock.sendall(b'{"cmd": "logs", "worker": "chatty", "lines": 0, "follow": true}\n')
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["ok"] is True
+        # This reader stops reading; about 5000 lines a second keep coming. The
+        # supervisor neither waits for it nor keeps more than its queue for it.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert rows(tmp_path / "supervisor.toml")["chatty"]["role"] == "running"
+        dropped = 0
+        for _ in range(50_000):
+            item = json.loads(reader.readline())
+            if "dropped" in item:
+                dropped = item["dropped"]
+                break
+            assert item["stream"] == "stdout"
+        assert dropped > 0
+        reader.close()
+    finally:
+        sock.close()
