@@ -483,3 +483,19 @@ def test_a_follower_that_does_not_read_loses_lines_and_is_told_while_ps_still_an
         reader.close()
     finally:
         sock.close()
+
+
+def test_without_node_id_in_the_file_ps_finds_the_node_by_hostname_as_run_does(
+        tmp_path: Path, supervisor_run: Callable[..., Running],
+        monkeypatch: pytest.MonkeyPatch, control_dir: Path) -> None:
+    monkeypatch.setenv("HOSTNAME", "ctl-host/1")
+    run = supervisor_run('[metrics]\nenabled = false\n[workers.web]\n'
+                         'command = ["sh", "-c", "echo up; exec sleep 1000"]\n')
+    run.expect(r"web \| up")
+    assert (control_dir / "fleet-supervisor" / "ctl-host%2F1.sock").is_socket()
+    assert json.loads(ok(tmp_path / "supervisor.toml", "ps", "--json"))["node_id"] \
+        == "ctl-host/1"
+    monkeypatch.setenv("HOSTNAME", "another-host")
+    other = ctl(tmp_path / "supervisor.toml", "ps")
+    assert other.returncode == 1 and "no supervisor is running for node another-host" \
+        in other.stderr
