@@ -177,6 +177,8 @@ class ChildRunner:
             return refused
         spec = process_spec(self.name, self.spec, self._node, environ=self._environ,
                             base_dir=self._base_dir, grant=grant)
+        if self._restart is not None:
+            self._restart.clear()  # a restart asked for before this start is this start
         try:
             proc = await spawn(spec, self._sink, watchdog=self._watchdog,
                                kill_at=grant.deadline())
