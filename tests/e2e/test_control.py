@@ -499,3 +499,24 @@ def test_without_node_id_in_the_file_ps_finds_the_node_by_hostname_as_run_does(
     other = ctl(tmp_path / "supervisor.toml", "ps")
     assert other.returncode == 1 and "no supervisor is running for node another-host" \
         in other.stderr
+
+
+def test_backoff_and_given_up_show_in_ps_and_restart_ends_either_at_once(
+        tmp_path: Path, supervisor_run: Callable[..., Running]) -> None:
+    crash = '["sh", "-c", "echo up; sleep 0.5; exit 1"]'
+    run = supervisor_run(
+        'node_id = "ctl-b"\n[metrics]\nenabled = false\n'
+        f'[workers.flaky]\ncommand = {crash}\nbackoff = {{ initial = "1h", max = "1h" }}\n'
+        f'[workers.doomed]\ncommand = {crash}\nmax_restarts = 1\n')
+    config = tmp_path / "supervisor.toml"
+    run.expect(r"flaky \| up")
+    doomed = wait_role(config, "doomed", "given up", timeout=20)
+    assert doomed["last_exit"]["status"] == "exit status 1"
+    wait_until(lambda: rows(config)["flaky"]["role"].startswith("backoff until "), 20,
+               "flaky in backoff")
+    flaky = rows(config)["flaky"]
+    assert flaky["restarts"] == 2 and flaky["pids"] == []
+    answer = ok(config, "restart", "all")
+    assert "flaky: restarted (pid " in answer  # the hour's backoff ends now
+    assert "doomed: started again" in answer
+    assert rows(config)["flaky"]["restarts"] == 2  # the asked-for start is not counted
