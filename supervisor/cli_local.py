@@ -49,10 +49,17 @@ def _target(config_path: Path) -> tuple[str, Path]:
     return settings.node_id, where.path
 
 
-def _connect(config_path: Path) -> Connection:
+ANSWER_TIMEOUT = 30.0  # seconds for a ps, signal or logs answer (a hung supervisor)
+
+timeout_option = click.option(
+    "--timeout", default=ANSWER_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the supervisor's answer (then exit 1).")
+
+
+def _connect(config_path: Path, timeout: float | None = None) -> Connection:
     node_id, path = _target(config_path)
     try:
-        return Connection(path)
+        return Connection(path, timeout)
     except NotRunning:
         _runtime(f"no supervisor is running for node {node_id} (socket {path})")
     except OSError as exc:
@@ -65,9 +72,10 @@ def _runtime(message: str) -> NoReturn:
     sys.exit(EXIT_RUNTIME)
 
 
-def _ask(config_path: Path, request: Request) -> dict[str, Any]:
-    """The supervisor's answer to `request`; a refusal -> its message and exit 1 or 2."""
-    with _connect(config_path) as connection:
+def _ask(config_path: Path, request: Request, timeout: float | None = None) -> dict[str, Any]:
+    """The supervisor's answer to `request`; a refusal -> its message and exit 1 or 2.
+    `timeout`: None for the commands that wait for children to stop."""
+    with _connect(config_path, timeout) as connection:
         try:
             answer = connection.ask(request)
         except (ControlBroken, OSError) as exc:
@@ -93,9 +101,10 @@ def _print_results(answer: dict[str, Any]) -> None:
 @click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def ps(config_path: Path, as_json: bool) -> None:
+@timeout_option
+def ps(config_path: Path, as_json: bool, timeout: float) -> None:
     """This node's workers: mode, role now, pid, uptime, restarts, last exit, next tick."""
-    answer = _ask(config_path, Request("ps"))
+    answer = _ask(config_path, Request("ps"), timeout)
     rows = answer["workers"]
     if as_json:
         click.echo(json.dumps({"node_id": answer.get("node_id"), "workers": rows}, indent=2))
@@ -136,14 +145,15 @@ def restart(config_path: Path, worker: str) -> None:
 @config_option
 @click.argument("worker")
 @click.argument("sig", metavar="SIGNAL")
-def signal_(config_path: Path, worker: str, sig: str) -> None:
+@timeout_option
+def signal_(config_path: Path, worker: str, sig: str, timeout: float) -> None:
     """Send SIGNAL (HUP, SIGUSR1, TERM, 9, ...) to the process groups of WORKER's
     running children on this node."""
     try:
         parsed = parse_signal(int(sig) if sig.isdigit() else sig)
     except ValueError as exc:
         fail(str(exc))
-    _print_results(_ask(config_path, Request("signal", worker, signal=parsed)))
+    _print_results(_ask(config_path, Request("signal", worker, signal=parsed), timeout))
 
 
 @click.command()
@@ -152,7 +162,8 @@ def signal_(config_path: Path, worker: str, sig: str) -> None:
 @click.option("-n", "--lines", default=20, show_default=True,
               type=click.IntRange(0, 10_000), help="How many of the last lines.")
 @click.option("-f", "--follow", is_flag=True, help="Then print new lines until Ctrl-C.")
-def logs(config_path: Path, worker: str, lines: int, follow: bool) -> None:
+@timeout_option
+def logs(config_path: Path, worker: str, lines: int, follow: bool, timeout: float) -> None:
     """The last lines WORKER's children wrote (stdout and stderr), with the time each
     came and its stream; kept in memory by the supervisor (1000 lines per worker)."""
     from supervisor.logs import escape_controls
@@ -165,9 +176,10 @@ def logs(config_path: Path, worker: str, lines: int, follow: bool) -> None:
         click.echo(f"{format_utc(item['at'])} {item['stream']:<6} "
                    f"{escape_controls(item['line'])}")
 
-    with _connect(config_path) as connection:
+    with _connect(config_path, timeout) as connection:
         try:
             answer = connection.ask(Request("logs", worker, lines=lines, follow=follow))
+            connection.settimeout(None)  # following: new lines come when they come
         except (ControlBroken, OSError) as exc:
             _runtime(f"the supervisor did not answer: {exc}")
         _check(answer)

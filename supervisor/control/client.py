@@ -26,9 +26,11 @@ class ControlBroken(Exception):
 class Connection:
     """One connection to a supervisor's control socket."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        """`timeout`: seconds to wait for each answer (None: as long as it takes)."""
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
         try:
             self._sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
@@ -49,6 +51,9 @@ class Connection:
         with contextlib.suppress(OSError):
             self._file.close()
             self._sock.close()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
 
     def ask(self, request: Request) -> dict[str, Any]:
         """Send `request`; its answer."""

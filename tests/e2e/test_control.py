@@ -520,3 +520,21 @@ def test_backoff_and_given_up_show_in_ps_and_restart_ends_either_at_once(
     assert "flaky: restarted (pid " in answer  # the hour's backoff ends now
     assert "doomed: started again" in answer
     assert rows(config)["flaky"]["restarts"] == 2  # the asked-for start is not counted
+
+
+def test_a_supervisor_that_does_not_answer_makes_ps_exit_1_after_its_timeout(
+        tmp_path: Path, supervisor_run: Callable[..., Running]) -> None:
+    run = supervisor_run('node_id = "ctl-t"\n[metrics]\nenabled = false\n[workers.web]\n'
+                         'command = ["sh", "-c", "echo up; exec sleep 1000"]\n')
+    run.expect(r"web \| up")
+    config = tmp_path / "supervisor.toml"
+    run.signal(signal.SIGSTOP)  # a hung supervisor: its socket still accepts connections
+    try:
+        started = time.monotonic()
+        hung = ctl(config, "ps", "--timeout", "1")
+        assert hung.returncode == 1
+        assert "error: the supervisor did not answer: timed out" in hung.stderr
+        assert time.monotonic() - started < 10
+    finally:
+        run.signal(signal.SIGCONT)
+    assert rows(config)["web"]["role"] == "running"
