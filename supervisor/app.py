@@ -28,10 +28,25 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from supervisor import __version__
+from supervisor.control.logbuffer import LogBuffers
+from supervisor.control.paths import SocketPathError, socket_path
+from supervisor.control.protocol import (
+    NOT_RUNNING,
+    PROTOCOL,
+    STOPPING,
+    ProtocolError,
+    Request,
+    check_worker,
+    ok,
+)
+from supervisor.control.rows import WorkerFacts, ps_row
+from supervisor.control.server import EXIT_INVALID, ControlRefused, ControlServer
 from supervisor.coordination import EveryNode, WorkerMode
 from supervisor.coordination.coordinated import CoordinatedMode
 from supervisor.coordination.cron import CronMode
@@ -58,6 +73,7 @@ log = logging.getLogger("supervisor")
 
 Publish = Callable[[Event], None]
 SideTask = Callable[[], Coroutine[Any, Any, None]]
+Worker = WorkerSupervisor | CronSupervisor
 
 EXIT_OK = 0
 EXIT_CRITICAL_FAILED = 1
@@ -108,7 +124,16 @@ class Supervisor:
         self.node = node
         self._config_path = config_path
         self._base_dir = config_path.resolve().parent
-        self._publish = publish
+        self.logs = LogBuffers()  # each worker's last lines, for `supervisor logs`
+
+        def publish_all(event: Event) -> None:
+            self.logs(event)
+            publish(event)
+
+        self._publish = publish_all
+        self._held: dict[str, Worker] = {}  # stopped by `supervisor stop`, until started
+        self._ops = asyncio.Lock()  # control commands and reloads, one at a time
+        self._control: ControlServer | None = None
         self._environ = dict(os.environ if environ is None else environ)
         self._stopping = asyncio.Event()
         self._stop_signals = 0
@@ -130,6 +155,31 @@ class Supervisor:
 
     async def run(self, side_tasks: Sequence[SideTask] = ()) -> int:
         """Run until stopped; returns the process exit code."""
+        try:
+            control = self._open_control()
+        except ControlRefused as exc:
+            log.error("%s", exc)
+            return exc.code
+        try:
+            return await self._run(control, side_tasks)
+        finally:
+            control.close()
+
+    def _open_control(self) -> ControlServer:
+        """The control socket, bound before anything starts (ControlRefused if not)."""
+        try:
+            where = socket_path(self.node.control_socket, self.node.node_id,
+                                base_dir=self._base_dir, environ=self._environ,
+                                uid=os.getuid())
+        except SocketPathError as exc:
+            raise ControlRefused(EXIT_INVALID, str(exc)) from None
+        control = ControlServer(where, self.control, self.logs, lambda: list(self.node.workers),
+                                node_id=self.node.node_id)
+        control.open()
+        self._control = control
+        return control
+
+    async def _run(self, control: ControlServer, side_tasks: Sequence[SideTask]) -> int:
         self._watchdog = TrustWatchdog()
         await self._watchdog.start()
         self._watchdog.on_lost = self._watchdog_lost
@@ -137,7 +187,8 @@ class Supervisor:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                sides = [group.create_task(side(), name="side") for side in side_tasks]
+                sides = [group.create_task(side(), name="side")
+                         for side in (*side_tasks, control.serve)]
                 for name, spec in self.node.workers.items():
                     self._start_worker(name, spec)
                 await self._stopping.wait()
@@ -216,6 +267,7 @@ class Supervisor:
             raise RuntimeError("workers start only inside Supervisor.run()")
         if self._stopping.is_set():
             return  # a stop won: nothing new starts
+        self._held.pop(name, None)
         worker: WorkerSupervisor | CronSupervisor
         if spec.mode is Mode.CRON:
             worker = self._cron_worker(name, spec)
@@ -316,7 +368,12 @@ class Supervisor:
     # --- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Re-read the file and apply what changed; False (and nothing changed) if invalid."""
+        """Re-read the file and apply what changed; False (and nothing changed) if invalid.
+        A worker stopped by `supervisor stop` stays stopped unless its table changed."""
+        async with self._ops:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         try:
             new = await load_spec_async(self._config_path, self._environ)
         except ConfigError as exc:
@@ -327,11 +384,13 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         self._warn_unapplied(new)
-        old = {name: w.spec for name, w in self._workers.items()}
+        old = {name: w.spec for name, w in (*self._workers.items(), *self._held.items())}
         removed = sorted(old.keys() - new.workers.keys())
         added = sorted(new.workers.keys() - old.keys())
         changed = sorted(n for n in old.keys() & new.workers.keys() if old[n] != new.workers[n])
-        await self._stop_workers(removed + changed)
+        for name in removed:
+            self._held.pop(name, None)
+        await self._stop_workers([n for n in removed + changed if n in self._workers])
         if self._stopping.is_set():
             return False
         self.node = dataclasses.replace(self.node, workers=new.workers)
@@ -344,3 +403,117 @@ class Supervisor:
         for key in (f.name for f in dataclasses.fields(NodeSpec)):
             if key != "workers" and getattr(new, key) != getattr(self.node, key):
                 log.warning("reload: a change of %r takes effect only on restart", key)
+
+    # --- the control socket (supervisor.control) ------------------------------------------
+
+    def is_paused(self, name: str) -> bool:
+        """Hook for fleet-wide control (pause): whether `name` is paused."""
+        return False
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """Every worker of this node as `supervisor ps` shows it (plain dicts)."""
+        now = time.time()
+        rows = []
+        for name, spec in self.node.workers.items():
+            worker = self._workers.get(name) or self._held.get(name)
+            facts = (WorkerFacts(name, str(spec.mode), str(WorkerState.STOPPED))
+                     if worker is None else worker.describe())
+            rows.append(ps_row(facts, now, stopped=name in self._held,
+                               paused=self.is_paused(name)))
+        return rows
+
+    async def control(self, request: Request) -> dict[str, Any]:
+        """Answer one control request (supervisor.control.protocol)."""
+        if request.cmd == "ping":
+            return ok(node_id=self.node.node_id, group=self.node.group, pid=os.getpid(),
+                      version=__version__, protocol=PROTOCOL)
+        if request.cmd == "ps":
+            return ok(node_id=self.node.node_id, workers=self.worker_rows())
+        names = check_worker(request.worker, list(self.node.workers),
+                             allow_all=request.cmd in ("stop", "start", "restart"))
+        if request.cmd == "signal" and request.signal is not None:
+            return self._signal(names[0], request.signal)
+        if self._stopping.is_set():
+            raise ProtocolError(STOPPING, "the supervisor is stopping")
+        async with self._ops:
+            if request.cmd == "stop":
+                results = await self._control_stop(names)
+            elif request.cmd == "start":
+                results = self._control_start(names)
+            else:
+                results = await self._control_restart(names)
+        return ok(results=[{"worker": n, "done": done, "message": message}
+                           for n, (done, message) in results.items()])
+
+    def _signal(self, name: str, sig: signal.Signals) -> dict[str, Any]:
+        worker = self._workers.get(name)
+        pids = () if worker is None else worker.pids
+        if worker is None or not pids:
+            raise ProtocolError(NOT_RUNNING, f"{name} runs no child on this node: no "
+                                f"{sig.name} sent")
+        worker.forward(sig)
+        listed = ", ".join(map(str, pids))
+        return ok(results=[{"worker": name, "done": True,
+                            "message": f"sent {sig.name} to the process group of {listed}"}])
+
+    async def _control_stop(self, names: list[str]) -> dict[str, tuple[bool, str]]:
+        """Stop them as a reload stops a worker: the child dies first, then what it held
+        is given back (a leader's lease, a coordinated membership, cron claims)."""
+        live = {name: self._workers[name] for name in names if name in self._workers}
+        await self._stop_workers(list(live))
+        if self._stopping.is_set():
+            return {name: (False, "the supervisor is stopping") for name in names}
+        self._held.update(live)
+        return {name: (True, "stopped") if name in live else (False, "already stopped")
+                for name in names}
+
+    def _control_start(self, names: list[str]) -> dict[str, tuple[bool, str]]:
+        results = {}
+        for name in names:
+            worker = self._workers.get(name)
+            if worker is not None and not self._tasks[name].done():
+                results[name] = (False, "already running")
+                continue
+            self._workers.pop(name, None)
+            self._start_worker(name, self.node.workers[name])
+            results[name] = (True, "started")
+        return results
+
+    async def _control_restart(self, names: list[str]) -> dict[str, tuple[bool, str]]:
+        """A long-running worker's child is stopped and started again under the grant it
+        holds (a leader keeps its lease and token); a cron worker, or one that is stopped,
+        exited or given up, is stopped and started again."""
+        results: dict[str, tuple[bool, str]] = {}
+        children: dict[str, tuple[WorkerSupervisor, set[int]]] = {}
+        anew = []
+        for name in names:
+            worker = self._workers.get(name)
+            if worker is None or self._tasks[name].done() or isinstance(worker, CronSupervisor):
+                anew.append(name)
+            elif worker.restart_child():
+                children[name] = (worker, set(worker.pids))
+            else:
+                results[name] = (False, "holds no grant on this node (it waits for one): "
+                                        "nothing to restart")
+        await self._stop_workers([n for n in anew if n in self._workers])
+        for name in anew:
+            self._workers.pop(name, None)
+            self._start_worker(name, self.node.workers[name])
+            results[name] = (True, "started again")
+        for name, (worker, before) in children.items():
+            results[name] = await self._restarted(worker, before)
+        return {name: results[name] for name in names}
+
+    async def _restarted(self, worker: WorkerSupervisor,
+                         before: set[int]) -> tuple[bool, str]:
+        """Until its new child runs (or it stopped or lost its grant meanwhile)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + worker.spec.stop_timeout + 5.0
+        while loop.time() < give_up and not self._stopping.is_set():
+            pids = set(worker.pids)
+            if pids and not pids & before:
+                return True, f"restarted (pid {', '.join(map(str, sorted(pids)))})"
+            if worker.state in (WorkerState.STOPPED, WorkerState.FAILED, WorkerState.EXITED):
+                break
+            await asyncio.sleep(0.05)  # a child's start has no event of its own to wait on
+        return True, f"restart requested; now {worker.state}"

@@ -286,6 +286,15 @@ def _supervisord_conflict() -> str | None:
     )
 
 
+from supervisor import cli_local  # noqa: E402 - this node's commands, after `main` exists
+
+main.add_command(cli_local.ps)
+main.add_command(cli_local.stop)
+main.add_command(cli_local.start)
+main.add_command(cli_local.restart)
+main.add_command(cli_local.signal_)
+main.add_command(cli_local.logs)
+
 from supervisor.cli_trigger import trigger  # noqa: E402 (a command module: below main)
 
 main.add_command(trigger)

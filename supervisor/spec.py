@@ -109,6 +109,10 @@ class NodeSpec:
     # The supervisor's own records below this level are not written; children's lines
     # always are (they are the workers' output, not the supervisor's log).
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The local control socket (`supervisor ps`, `stop`, ...): "" the default path, in
+    # $XDG_RUNTIME_DIR or a 0700 directory of its own, named after node_id
+    # (supervisor.control.paths); a relative path is relative to the file's directory.
+    control_socket: str = ""
     coordination: CoordinationSpec = field(default_factory=CoordinationSpec)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     history: HistorySpec = field(default_factory=HistorySpec)

@@ -10,9 +10,11 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,6 +146,18 @@ class Running:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def control_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime directory of the test's own ($XDG_RUNTIME_DIR) for the control sockets of
+    the supervisors it starts (supervisor.control.paths): tests running at once often
+    give their nodes the same node_id, and one host refuses two supervisors with one
+    node_id. Short, under the temp dir: a socket's path holds 107 bytes at most."""
+    directory = Path(tempfile.mkdtemp(prefix="fs-xdg-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

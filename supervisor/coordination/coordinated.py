@@ -62,6 +62,15 @@ class CoordinatedMode:
         self._seen_since = 0.0  # loop time the live membership last changed
         self._judged: frozenset[str] = frozenset()  # live members at the last decision
 
+    @property
+    def assignment(self) -> tuple[int | None, int, int] | None:
+        """(index, count, generation) of the latest view this node has seen (index None:
+        standing by), or None before the first; for `supervisor ps`."""
+        view = self._view
+        if view is None:
+            return None
+        return view.index, view.count, view.generation
+
     # --- WorkerMode ------------------------------------------------------------------------
 
     async def acquire(self) -> Grant:

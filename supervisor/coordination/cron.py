@@ -120,6 +120,14 @@ class CronMode:
             if self._acquired:
                 return self._hand_over()
 
+    @property
+    def next_tick(self) -> float | None:
+        """The next tick this node will try to claim (database time); None until it has
+        looked at the schedule once."""
+        if self._cursor <= 0 or self._resync:
+            return None
+        return next_tick(self._schedule, self._tz, self._cursor)
+
     def _hand_over(self) -> list[RunGrant]:
         grants, self._acquired = self._acquired, []
         return grants

@@ -29,9 +29,11 @@ import logging
 import math
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from supervisor.clock import boottime
 from supervisor.coordination import Grant
@@ -58,6 +60,7 @@ STOPPED = "stopped"  # the supervisor stopped it (shutdown, reload)
 REVOKED = "revoked"  # the grant was taken away (lost lease, new generation, replaced run)
 TIMED_OUT = "timed_out"  # a cron run outlived its timeout
 TRUST = "trust"  # its trust deadline passed before a renewal or a revocation was heard
+RESTARTED = "restarted"  # stopped by `supervisor restart`, to start again at once
 NOT_STARTED = "not_started"  # stopped or revoked before it could start
 SPAWN_FAILED = "spawn_failed"
 
@@ -136,6 +139,7 @@ class ChildRunner:
         publish: Callable[[Event], None],
         watchdog: TrustWatchdog | None,
         stop: asyncio.Event,
+        restart: asyncio.Event | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -145,7 +149,10 @@ class ChildRunner:
         self._publish = publish
         self._watchdog = watchdog
         self._stop = stop
+        self._restart = restart
         self.procs: dict[int, RunningProcess] = {}  # live children by pid
+        # The last child's end, for `supervisor ps`: (wall time, status, why it ended).
+        self.last_exit: tuple[float, str, str] | None = None
 
     # --- the Supervisor's handles ----------------------------------------------------------
 
@@ -170,12 +177,15 @@ class ChildRunner:
             return refused
         spec = process_spec(self.name, self.spec, self._node, environ=self._environ,
                             base_dir=self._base_dir, grant=grant)
+        if self._restart is not None:
+            self._restart.clear()  # a restart asked for before this start is this start
         try:
             proc = await spawn(spec, self._sink, watchdog=self._watchdog,
                                kill_at=grant.deadline())
         except SpawnError as exc:
             log.error("%s: %s", self.name, exc)
             self._publish(WorkerExited(self.name, None, ExitReason.SPAWN_FAILED, str(exc), 0.0))
+            self.last_exit = (time.time(), "spawn failed", str(exc))
             return ChildEnd(SPAWN_FAILED, reason=str(exc))
         self.procs[proc.pid] = proc
         self._publish(WorkerStarted(self.name, proc.pid, spec.argv))
@@ -184,6 +194,7 @@ class ChildRunner:
         finally:
             self.procs.pop(proc.pid, None)
         uptime = proc.uptime()
+        self.last_exit = (time.time(), status.describe(), "" if cause == EXITED else reason)
         killer = status.signal
         self._publish(WorkerExited(
             self.name, proc.pid, status.reason, status.describe(), uptime,
@@ -232,6 +243,8 @@ class ChildRunner:
                 waits = [done, grant.changed.wait(), grant.revoked.wait()]
                 if not cause:
                     waits.append(self._stop.wait())
+                    if self._restart is not None:
+                        waits.append(self._restart.wait())
                     if self._watchdog is not None and grant.trusted:
                         waits.append(self._watchdog.lost.wait())
                 with contextlib.suppress(TimeoutError):
@@ -268,6 +281,8 @@ class ChildRunner:
             return TRUST, "the trust watchdog ended"
         if self._stop.is_set():
             return STOPPED, "supervisor stopped"
+        if self._restart is not None and self._restart.is_set():
+            return RESTARTED, "restart requested"
         if timed_out:
             return TIMED_OUT, f"ran longer than timeout ({format_duration(timeout or 0.0)})"
         return "", ""
@@ -307,8 +322,10 @@ class ChildWorker:
         self.spec = spec
         self._publish = publish
         self._stop = asyncio.Event()
+        self._restart = asyncio.Event()  # `supervisor restart`: the child, at once
         self._child = ChildRunner(name, spec, node, environ=environ, base_dir=base_dir,
-                                  publish=publish, watchdog=watchdog, stop=self._stop)
+                                  publish=publish, watchdog=watchdog, stop=self._stop,
+                                  restart=self._restart)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -322,5 +339,23 @@ class ChildWorker:
     def pid(self) -> int | None:
         return self._child.pid
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(self._child.procs)
+
     def forward(self, sig: signal.Signals) -> None:
         self._child.forward(sig)
+
+    def child_facts(self) -> dict[str, Any]:
+        """What the child path knows, for `describe()` (WorkerFacts' fields)."""
+        procs = list(self._child.procs.values())
+        now = time.time()
+        oldest = max((proc.uptime() for proc in procs), default=None)
+        last = self._child.last_exit
+        return {
+            "pids": tuple(proc.pid for proc in procs),
+            "started_at": None if oldest is None else now - oldest,
+            "last_exit_at": None if last is None else last[0],
+            "last_exit": None if last is None else last[1],
+            "last_exit_reason": None if last is None else last[2],
+        }

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from supervisor.control.rows import WorkerFacts
 from supervisor.coordination.cron import CronMode, RunGrant
 from supervisor.model import CronRunEnded, Event, WorkerStarted, WorkerState
 from supervisor.runner import unless_stopped
@@ -61,6 +62,7 @@ class CronSupervisor(ChildWorker):
         self._publish_to = publish
         self.mode = mode
         self._stopped = False
+        self._runs: dict[int, RunGrant] = {}  # the runs under way, by token
         # The pid of each run's child, by the task that runs it (the child path publishes
         # WorkerStarted in that task), for the run's record.
         self._pids: dict[asyncio.Task[Any] | None, int] = {}
@@ -69,6 +71,15 @@ class CronSupervisor(ChildWorker):
         if isinstance(event, WorkerStarted):
             self._pids[asyncio.current_task()] = event.pid
         self._publish_to(event)
+
+    def describe(self) -> WorkerFacts:
+        """What this worker is doing now, for `supervisor ps`."""
+        ticks = tuple(sorted(grant.run.tick for grant in self._runs.values()))
+        tokens = sorted(grant.run.token for grant in self._runs.values())
+        return WorkerFacts(
+            name=self.name, mode=str(self.spec.mode), state=str(self.state),
+            granted=bool(self._runs), token=",".join(map(str, tokens)) or None,
+            next_tick=self.mode.next_tick, running_ticks=ticks, **self.child_facts())
 
     @property
     def state(self) -> WorkerState:
@@ -89,6 +100,13 @@ class CronSupervisor(ChildWorker):
         return self.state
 
     async def _run(self, grant: RunGrant) -> None:
+        self._runs[grant.run.token] = grant
+        try:
+            await self._run_granted(grant)
+        finally:
+            self._runs.pop(grant.run.token, None)
+
+    async def _run_granted(self, grant: RunGrant) -> None:
         if self.spec.overlap == "replace" and not await self._clear(grant):
             await self._record(grant, "stopped", None,
                                grant.reason or "supervisor stopped before the run started",

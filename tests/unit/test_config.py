@@ -658,3 +658,12 @@ def test_a_string_command_from_the_environment_is_not_quoted_back() -> None:
     assert "Pa55" not in str(info.value)
     assert 'such as ["sleep", "100"]' in str(info.value)
     assert "SUPERVISOR_WORKERS__w__COMMAND" in str(info.value)
+
+
+def test_control_socket_is_read_from_the_file_and_from_its_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_config(MINIMAL_WORKER).control_socket == ""
+    text = 'control_socket = "run/a.sock"\n' + MINIMAL_WORKER
+    assert parse_config(text).to_spec().control_socket == "run/a.sock"
+    monkeypatch.setenv("SUPERVISOR_CONTROL_SOCKET", "/run/fleet/b.sock")
+    assert parse_config(text).to_spec().control_socket == "/run/fleet/b.sock"
