@@ -45,6 +45,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from supervisor.store.records import (
     ClaimOutcome,
+    ControlAction,
+    ControlEntry,
+    ControlState,
     CoordAssigned,
     CoordGeneration,
     CoordMember,
@@ -59,6 +62,7 @@ from supervisor.store.records import (
     LeaseState,
     NodeFacts,
     NodeMember,
+    NodeReport,
     SyncRefusal,
     SyncResult,
     TermRecord,
@@ -116,6 +120,8 @@ class CoordinationStore(Protocol):
         coord_members: Sequence[str] = (),
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
+        control_since: int | None = None,
+        report: NodeReport | None = None,
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
@@ -141,6 +147,12 @@ class CoordinationStore(Protocol):
         held by this holder in the same generation and unexpired (`slots_kept`, by
         (worker_key, index)); the others are `slots_lost`. A slot is renewed even when a
         newer generation was published: it covers a child that still runs.
+
+        Fleet control, in the same transaction: with `control_since` (a version the node
+        last saw, -1 at first) the control state is read and returned in
+        `SyncResult.control` when its version differs, else None (a point read of one
+        version row: cheap while nothing changes). `report`, when given, is written to
+        this holder's membership row (the node sends it only when it changed).
         """
 
     def node_leave(self, holder: Holder) -> None:
@@ -227,11 +239,14 @@ class CoordinationStore(Protocol):
         *,
         grace: float,
         reason: str,
+        state: str = "missed",
         now: float | None = None,
     ) -> list[float]:
         """Record each of `ticks` that is past its grace (`tick + grace <= now`, database
-        time) and has neither a run nor a tick-level record as `missed` (slot -1, with
-        `reason`), in one transaction; ticks still inside their grace are left alone.
+        time) and has neither a run nor a tick-level record as `state` (slot -1, with
+        `reason`), in one transaction: `missed`, or `skipped` (a paused worker's ticks,
+        recorded with grace 0 as they come, so that nothing claims or replays them); ticks
+        still inside their grace are left alone.
         Returns the ticks this call recorded, sorted. Safe when many nodes call it at once
         and while others claim: a tick gets at most one tick-level record, and never one
         beside a run."""
@@ -291,6 +306,29 @@ class CoordinationStore(Protocol):
         """Published generations, newest first; `worker_key` selects the key itself and
         its per-group keys (`worker_key/group`)."""
 
+    def control_set(self, kind: str, target: str, group: str, *, user: str, host: str,
+                    reason: str, stop_running: bool = False, hold_out: float | None = None,
+                    holder_nonce: str | None = None, now: float | None = None
+                    ) -> ControlEntry:
+        """Stand a control request (kind pause, drain or handover; see `ControlEntry`),
+        replacing the one of the same (kind, target, group), requested now (database
+        time); a handover's `until` is now + `hold_out`. In one transaction it also logs
+        the action (`control_log`: the kind as the action, `user` and `host` as the
+        client declared them) and bumps the control version, so every node's next sync
+        reads it. ValueError for another kind; a value too long for its column is
+        refused (StoreRefused) before anything is written."""
+
+    def control_clear(self, kind: str, target: str, group: str, *, user: str, host: str,
+                      reason: str, now: float | None = None) -> bool:
+        """Lift the request of (kind, target, group), logging the action (`resume`,
+        `undrain`) and bumping the version even when there was none; True if one stood."""
+
+    def control_state(self) -> ControlState:
+        """Every standing control request, with the current version."""
+
+    def control_log(self, *, limit: int = 100) -> list[ControlAction]:
+        """Recorded control actions, newest first."""
+
     def interrupt(self) -> None:
         """Cut the calls in flight (from another thread): their callers gave up on them.
         Each cut call fails at once and its connection is discarded."""
@@ -301,6 +339,9 @@ class CoordinationStore(Protocol):
 
 __all__ = [
     "ClaimOutcome",
+    "ControlAction",
+    "ControlEntry",
+    "ControlState",
     "CoordAssigned",
     "CoordGeneration",
     "CoordMember",
@@ -316,6 +357,7 @@ __all__ = [
     "LeaseState",
     "NodeFacts",
     "NodeMember",
+    "NodeReport",
     "SyncRefusal",
     "SyncResult",
     "TermRecord",

@@ -35,6 +35,8 @@ COLLATION = "utf8mb4_nopad_bin"  # MariaDB's binary NO PAD collation
 TABLES = ("fs_alembic_version", "fs_schema_info", "fs_leases", "fs_members", "fs_terms",
           "fs_cron_runs", "fs_coord_members", "fs_coord_state", "fs_coord_assignments",
           "fs_coord_slots", "fs_coord_generations")
+# ... and the tables later migrations create in that collation themselves (0009)
+UPGRADED = (*TABLES, "fs_control", "fs_control_version", "fs_control_log")
 
 SPELLINGS = [  # two names a case-, accent- or pad-insensitive collation calls one
     pytest.param("Job", "job", id="case"),
@@ -293,7 +295,7 @@ def test_upgrading_0007_reports_the_names_its_collation_merged_and_separates_the
         assert "'EU' = 'eu'" in warnings["fs_members.group_name"]
         assert "'Tick' = 'tick'" in warnings["fs_cron_runs.worker"]
         assert "'Indexer' = 'indexer'" in warnings["fs_coord_members.worker_key"]
-        assert collations(at_0007) == {table: {COLLATION} for table in TABLES}
+        assert collations(at_0007) == {table: {COLLATION} for table in UPGRADED}
         mine = store.lease_acquire("leader/Job", a, TTL, now=NOW)
         theirs = store.lease_acquire("leader/job", b, TTL, now=NOW)  # at the same instant
         assert mine is not None and mine.term == 3  # the row the two names shared
@@ -322,7 +324,7 @@ def test_a_second_run_converts_and_reports_only_the_tables_left_in_the_old_colla
     assert converted[0].startswith(f"schema upgrade: fs_cron_runs converted to {COLLATION} in ")
     warned = [m for m in messages if " holds names " in m]
     assert len(warned) == 1 and "fs_cron_runs.worker" in warned[0], warned
-    assert collations(at_0007) == {table: {COLLATION} for table in TABLES}
+    assert collations(at_0007) == {table: {COLLATION} for table in UPGRADED}
     upgraded(at_0007).close()  # at head: nothing to do
     assert len(caplog.records) == len(messages)
 
@@ -334,7 +336,7 @@ def test_an_old_servers_latin1_compact_schema_is_converted(at_0007, a, b):
                        " ROW_FORMAT=COMPACT" for table in TABLES))
     store = upgraded(at_0007)
     try:
-        assert collations(at_0007) == {table: {COLLATION} for table in TABLES}
+        assert collations(at_0007) == {table: {COLLATION} for table in UPGRADED}
         long_name = "leader/" + "é" * 248  # 255 characters, 503 bytes
         assert store.lease_acquire(long_name, a, TTL, now=NOW) is not None
         assert store.lease_acquire(long_name[:-1] + "e", b, TTL, now=NOW) is not None
@@ -381,4 +383,4 @@ def test_a_conversion_waits_out_a_long_transaction_on_its_table(at_0007, caplog)
         logging.getLogger("supervisor").removeHandler(seen)
     assert waiting.is_set(), [r.getMessage() for r in caplog.records]
     assert ended[0] <= finished < ended[0] + 30.0  # done only after the transaction ended
-    assert collations(at_0007) == {table: {COLLATION} for table in TABLES}
+    assert collations(at_0007) == {table: {COLLATION} for table in UPGRADED}
