@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.errors import StoreRefused
-from supervisor.store import CoordinationStore, Holder, NodeReport
+from supervisor.store import CoordinationStore, Holder, NodeReport, SyncResult
 
 pytestmark = pytest.mark.conformance
 
@@ -20,7 +20,7 @@ ACTOR = {"user": "alice", "host": "ops-1"}
 
 
 def sync(store: CoordinationStore, holder: Holder, since: int | None, *,
-         report: NodeReport | None = None, now: float = NOW):  # noqa: ANN201
+         report: NodeReport | None = None, now: float = NOW) -> SyncResult:
     return store.node_sync(holder, held=[], wanted=[], ttl=TTL, control_since=since,
                            report=report, now=now)
 
