@@ -60,7 +60,7 @@ TRUSTED_MODES = (*LEADER_MODES, Mode.CRON, Mode.COORDINATED)
 CRON_OUTCOMES = ("succeeded", "failed", "timed_out", "stopped", "lost", "skipped", "missed")
 CLAIM_RESULTS = ("acquired", "full", "missed", "overlap", "error")
 # A claim result that is the tick's outcome for this node (no run follows it).
-_CLAIM_OUTCOME = {"missed": "missed", "overlap": "skipped"}
+_CLAIM_OUTCOME = {"missed": "missed", "overlap": "skipped", "paused": "skipped"}
 _DB_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 
 

@@ -376,7 +376,8 @@ class DatabaseCall(Event):
 @dataclass(frozen=True)
 class CronClaimed(Event):
     """What this node's claim of a cron tick got (the `result` of supervisor_cron_claims_total):
-    acquired, full, missed, overlap (skipped: an earlier run is still going), or error."""
+    acquired, full, missed, overlap (skipped: an earlier run is still going), paused
+    (skipped: the worker is paused fleet-wide), or error."""
 
     tick: float
     result: str

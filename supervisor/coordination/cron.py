@@ -170,9 +170,27 @@ class CronMode:
             await asyncio.sleep(min(delay, _MAX_SLEEP))
 
     async def _claim_tick(self, tick: float) -> None:
+        if await self._held_back(tick):
+            return
         for _ in range(self._spec.max_per_node):
             if not await self._claim(tick):
                 break
+
+    async def _held_back(self, tick: float) -> bool:
+        """Fleet control: paused or draining here, the tick is not claimed; paused on
+        every group, it is recorded skipped ("paused"), so that no node claims it and
+        catch_up never replays it."""
+        blocked = self._node.control().cron_blocked(self._worker)
+        if blocked is None:
+            return False
+        reason, record = blocked
+        log.info("%s: %s: tick %s not claimed", self._worker, reason, format_utc(tick))
+        if record:
+            with contextlib.suppress(StoreError):
+                if await self._node.record_missed(self._worker, [tick], grace=0.0,
+                                                  reason=reason, state="skipped"):
+                    self._publish(CronClaimed(self._worker, tick, "paused"))
+        return True
 
     async def _claim(self, tick: float) -> bool:
         """One claim of a slot of `tick`; False when nothing (more) was acquired."""
