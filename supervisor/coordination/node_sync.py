@@ -232,12 +232,11 @@ class NodeSync:
                 listener(view, sent[0])
 
     def _synced_control(self, result: SyncResult, report: NodeReport | None) -> None:
-        first = not self.fleet.known
-        self.fleet.synced(result.control, result.db_now)
+        changed = self.fleet.synced(result.control, result.db_now)
         self._reported = report or self._reported
         self._leases.enforce()  # blocked leases: their children stop
         stop_paused_runs(self.fleet, self._runs)
-        if first or self._report() != self._reported:
+        if changed or self._report() != self._reported:
             self._wake.set()  # leases held back until now, or a drain state to report
 
     def _report(self) -> NodeReport:
