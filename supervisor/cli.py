@@ -164,7 +164,7 @@ def status(config_path: Path, as_json: bool) -> None:
             spec.workers, members, store.coord_view,
             lambda worker: {g.worker_key for g in store.coord_generations(worker_key=worker)})
         data = status_data(store.masked_url, db_now, members, store.leases(), cron,
-                           coordinated)
+                           coordinated, store.control_state())
     click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
 
 
@@ -189,7 +189,8 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
         terms = store.terms(lease=lease, limit=limit)
         runs = store.cron_runs(worker=worker, limit=limit)
         generations = store.coord_generations(worker_key=worker, limit=limit)
-    rows = history_data(terms, runs, limit, generations)
+        actions = [a for a in store.control_log(limit=limit) if worker in (None, a.target)]
+    rows = history_data(terms, runs, limit, generations, actions)
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 
 
@@ -284,3 +285,11 @@ def _supervisord_conflict() -> str | None:
         "environment and owns the same import name 'supervisor' as fleet-supervisor; the two "
         "must not share one environment: uninstall it or use a separate virtualenv"
     )
+
+from supervisor import cli_fleet  # noqa: E402 - the commands' modules come after main
+
+main.add_command(cli_fleet.pause)
+main.add_command(cli_fleet.resume)
+main.add_command(cli_fleet.handover)
+main.add_command(cli_fleet.drain)
+main.add_command(cli_fleet.undrain)
