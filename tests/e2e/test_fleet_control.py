@@ -123,6 +123,7 @@ def test_a_pause_survives_a_restart_of_the_whole_fleet(fleet: Fleet) -> None:
 
 def test_status_shows_the_pause(fleet: Fleet) -> None:
     fleet.start_nodes("a")
+    fleet.probe().wait_for("acquired", timeout=20)  # the schema is there
     config = fleet.nodes["a"].config
     ok(config, "pause", "probe", "--reason", "why not")
     data = json.loads(ok(config, "status", "--json"))
