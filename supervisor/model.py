@@ -367,6 +367,15 @@ class NodeHeartbeat(Event):
 
 
 @dataclass(frozen=True)
+class FleetControlSeen(Event):
+    """This node's sync read changed fleet-control rows (worker is ""): the workers paused
+    on its group (or on every group), and whether this node is draining."""
+
+    paused: frozenset[str]
+    draining: bool
+
+
+@dataclass(frozen=True)
 class DatabaseCall(Event):
     operation: str
     seconds: float

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from supervisor.coordination import Grant
-from supervisor.model import parse_leader_lease
+from supervisor.model import FleetControlSeen, parse_leader_lease
 from supervisor.store import ControlEntry, ControlState, CronRun, Holder, NodeReport
 
 if TYPE_CHECKING:
@@ -94,6 +94,12 @@ class FleetControl:
         found = [e for e in self._state.entries if e.kind == "pause" and e.target == worker
                  and e.group in ("", self._holder.group)]
         return min(found, key=lambda e: e.group != "", default=None)
+
+    def seen(self) -> FleetControlSeen:
+        """The event that tells metrics and logs what holds for this node now."""
+        paused = frozenset(e.target for e in self._state.entries
+                           if e.kind == "pause" and e.group in ("", self._holder.group))
+        return FleetControlSeen("", paused, self.draining() is not None)
 
     def draining(self) -> ControlEntry | None:
         return next((e for e in self._state.entries

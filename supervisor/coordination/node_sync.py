@@ -233,6 +233,8 @@ class NodeSync:
 
     def _synced_control(self, result: SyncResult, report: NodeReport | None) -> None:
         changed = self.fleet.synced(result.control, result.db_now)
+        if changed:
+            self._publish(self.fleet.seen())
         self._reported = report or self._reported
         self._leases.enforce()  # blocked leases: their children stop
         stop_paused_runs(self.fleet, self._runs)
