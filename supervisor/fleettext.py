@@ -20,6 +20,7 @@ def status_text(data: dict[str, Any]) -> str:
         lines.append(f"  {node['node_id']:<24} group {node['group']:<12} pid {node['pid']:<8} "
                      f"since {node['since']}  expires in {node['expires_in']:.1f}s"
                      f"  {_facts_text(node)}")
+        lines += _node_workers_text(node)
     if data["zone_data"]["warning"]:
         lines.append(f"  {data['zone_data']['warning']}")
     lines += ["", f"leaders: {len(data['leaders'])}"]
@@ -62,6 +63,17 @@ def _control_text(data: dict[str, Any]) -> list[str]:
 
 def _why(row: dict[str, Any]) -> str:
     return f"  ({row['reason']})" if row["reason"] else ""
+
+
+def _node_workers_text(node: dict[str, Any]) -> list[str]:
+    """The node's workers as it published them, and its drain acknowledgement."""
+    lines = []
+    if node.get("drain"):
+        lines.append(f"    draining: {node['drain']}")
+    if node.get("workers"):
+        shown = ", ".join(f"{name} {state}" for name, state in node["workers"].items())
+        lines.append(f"    workers: {shown}")
+    return lines
 
 
 def _facts_text(node: dict[str, Any]) -> str:

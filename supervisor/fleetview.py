@@ -29,6 +29,7 @@ of the newest `limit` of each.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ def status_data(database: str, db_now: float, members: Sequence[NodeMember],
             {"node_id": m.holder.node_id, "group": m.holder.group, "pid": m.holder.pid,
              "since": iso(m.started_at), "expires_in": round(m.expires_at - db_now, 3),
              "release": m.release, "tz_source": m.tz_source, "tz_version": m.tz_version,
-             "drain": m.drain or None}
+             "drain": m.drain or None, "workers": worker_states(m.summary)}
             for m in members
         ],
         "zone_data": zone_data_section(members),
@@ -419,3 +420,15 @@ def _by(entry: ControlEntry | ControlAction) -> str:
 def control_action_data(a: ControlAction) -> dict[str, Any]:
     return {"kind": "control", "at": iso(a.at), "action": a.action, "target": a.target,
             "group": a.group or None, "by": _by(a), "reason": a.reason}
+
+
+def worker_states(summary: str | None) -> dict[str, Any] | None:
+    """A node's published workers' states (name -> state); None when it reports none (an
+    older release) or what it wrote cannot be read."""
+    if summary is None:
+        return None
+    try:
+        states = json.loads(summary)
+    except ValueError:
+        return None
+    return states if isinstance(states, dict) else None

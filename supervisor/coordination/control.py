@@ -23,6 +23,7 @@ tick claimed: a worker paused before the whole fleet restarted stays paused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -175,3 +176,22 @@ def stop_paused_runs(fleet: FleetControl, runs: HeldTable[int, CronRun]) -> None
 
 def _revoked(grant: Grant | None) -> bool:
     return grant is None or grant.revoked.is_set()
+
+
+# --- what the node publishes of its workers ----------------------------------------------------
+
+SUMMARY_LIMIT = 16_000  # characters: a summary longer than this is cut to counts by state
+
+
+def summarize(states: dict[str, str], fleet: FleetControl) -> str:
+    """The node's workers' states as compact JSON (`{"web":"running",...}`), a worker that
+    waits while paused here shown as "paused"; cut to counts by state when too long."""
+    shown = {name: "paused" if state == "waiting" and fleet.pause_of(name) is not None
+             else state for name, state in sorted(states.items())}
+    text = json.dumps(shown, separators=(",", ":"))
+    if len(text) <= SUMMARY_LIMIT:
+        return text
+    counts: dict[str, int] = {}
+    for state in shown.values():
+        counts[state] = counts.get(state, 0) + 1
+    return json.dumps({"(workers)": counts}, separators=(",", ":"))

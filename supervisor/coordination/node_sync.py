@@ -40,7 +40,12 @@ from typing import Any, TypeVar
 
 from supervisor.clock import boottime
 from supervisor.coordination import Grant
-from supervisor.coordination.control import FleetControl, control_sync_args, stop_paused_runs
+from supervisor.coordination.control import (
+    FleetControl,
+    control_sync_args,
+    stop_paused_runs,
+    summarize,
+)
 from supervisor.coordination.dblane import OTHER, RELEASE, SYNC, DbLane
 from supervisor.coordination.hold import HeldTable, Stamp
 from supervisor.coordination.leases import Leases
@@ -98,6 +103,9 @@ class NodeSync:
         self.fleet = FleetControl(holder)  # pauses, drains, handovers (control.py)
         self._leases.blocked = self.fleet.blocked
         self._reported: NodeReport | None = None  # what this node's row last got
+        # This node's workers' states by name (the Supervisor sets it), published with
+        # the syncs in its membership row, only when they changed.
+        self.worker_states: Callable[[], dict[str, str]] = dict
         self._runs: HeldTable[int, CronRun] = HeldTable(timing, "run")
         self._slots: HeldTable[tuple[str, int], CoordSlot] = HeldTable(timing, "slot")
         # coordinated workers: keys this node is a member of, with who hears their views
@@ -238,12 +246,14 @@ class NodeSync:
         self._reported = report or self._reported
         self._leases.enforce()  # blocked leases: their children stop
         stop_paused_runs(self.fleet, self._runs)
-        if changed or self._report() != self._reported:
+        if changed or (self._reported and self._report().drain != self._reported.drain):
             self._wake.set()  # leases held back until now, or a drain state to report
 
     def _report(self) -> NodeReport:
         holding = bool(self._runs or self._slots or self._coord or self._leases.holding())
-        return NodeReport(self.fleet.drain_state(holding))
+        states = self.worker_states()
+        return NodeReport(self.fleet.drain_state(holding),
+                          summarize(states, self.fleet) if states else None)
 
     def _failed(self, exc: StoreError, held: list[Lease]) -> None:
         self._reported = None  # its row may be written anew: report again

@@ -14,7 +14,7 @@ import functools
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from supervisor.store.sql import SqlStore
 from tests.conftest import SUPERVISOR_BIN, wait_until
 from tests.e2e.test_coordinated import CoordFleet
 from tests.e2e.test_cron import CronFleet
-from tests.support.fleet import FAST, Fleet, made_fleets
+from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -295,3 +295,37 @@ def test_bad_input_exits_2_with_a_message(fleet: Fleet) -> None:
     assert option.returncode == 2 and "--stop-running applies to cron" in option.stderr
     timeout = cli(config, "drain", "a", "--timeout", "3")
     assert timeout.returncode == 2 and "--timeout applies with --wait" in timeout.stderr
+
+
+# --- every worker on every node --------------------------------------------------------------
+
+
+class TwoWorkers(Fleet):
+    """Each node: the leader probe, and an every-node worker."""
+
+    def worker_table(self, *, group: str, mode: str, probe: ProbeLog,
+                     worker_env: Mapping[str, str]) -> str:
+        return (super().worker_table(group=group, mode=mode, probe=probe,
+                                     worker_env=worker_env) + "\n"
+                + worker_toml("local", "stubborn.py", "every-node", {}, {"stop_timeout": "1s"}))
+
+
+def test_status_shows_every_worker_on_every_node(tmp_path: Path, database_url: str) -> None:
+    with made_fleets(functools.partial(TwoWorkers, tmp_path, database_url)) as make:
+        fleet = make()
+        fleet.start_nodes("a", "b")
+        fleet.probe().wait_for("acquired", timeout=20)
+        config = fleet.nodes["a"].config
+
+        def workers() -> dict[str, dict[str, str] | None]:
+            data = json.loads(ok(config, "status", "--json"))
+            return {n["node_id"]: n["workers"] for n in data["nodes"]}
+
+        wait_until(lambda: sorted(
+            (w or {}).get("probe", "") for w in workers().values()) == ["running", "waiting"]
+            and all((w or {}).get("local") == "running" for w in workers().values()),
+            20, "both nodes' workers in status")
+        ok(config, "pause", "probe")
+        wait_until(lambda: all((w or {}).get("probe") == "paused" for w in workers().values()),
+                   20, "the probe shown paused on both nodes")
+        assert "local running" in ok(config, "status")

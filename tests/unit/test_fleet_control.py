@@ -328,3 +328,87 @@ def test_a_pause_without_stop_running_lets_the_run_finish() -> None:
     assert run_virtual(main()) is False
 
 
+
+
+# --- the node's published summary ----------------------------------------------------------
+
+def test_the_summary_is_compact_shows_paused_and_is_cut_to_counts_when_too_long() -> None:
+    from supervisor.coordination.control import SUMMARY_LIMIT, summarize
+
+    control = FleetControl(ME)
+    control.synced(ControlState(1, (entry("pause", "db-writer"),)), 1.0)
+    text = summarize({"web": "running", "db-writer": "waiting", "report": "waiting"}, control)
+    assert text == '{"db-writer":"paused","report":"waiting","web":"running"}'
+    many = {f"worker-{i:05d}": "running" for i in range(SUMMARY_LIMIT // 10)}
+    assert summarize(many, control) == f'{{"(workers)":{{"running":{len(many)}}}}}'
+
+
+class ReportingStore(MemoryStore):
+    """Records the report each node_sync carried (None: none sent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[object] = []
+
+    def node_sync(self, holder: Holder, **kwargs: object):  # type: ignore[no-untyped-def]
+        self.reports.append(kwargs.get("report"))
+        return super().node_sync(holder, **kwargs)
+
+
+def test_the_summary_is_written_with_a_sync_only_when_it_changed() -> None:
+    async def main() -> tuple[list[object], str | None]:
+        store = ReportingStore()
+        keeper, _ = await leader_node(store)
+        states = {"web": "running", "db-writer": "waiting"}
+        keeper.worker_states = lambda: dict(states)
+        await store.until(lambda: len(store.reports) >= 5)
+        states["web"] = "backoff"
+        count = len(store.reports)
+        await store.until(lambda: len(store.reports) >= count + 4)
+        (member,) = store.memory.members()
+        return store.reports, member.summary
+
+    reports, summary = run_virtual(main())
+    sent = [r for r in reports if r is not None]
+    summaries = [r.summary for r in sent]  # type: ignore[attr-defined]
+    # the first sync, the first with the states, the change: nothing in between
+    assert summaries.count('{"db-writer":"waiting","web":"running"}') == 1
+    assert summaries.count('{"db-writer":"waiting","web":"backoff"}') == 1
+    assert len(sent) <= 3 + 1  # + the lease's grant may land between (waiting -> running)
+    assert summary == '{"db-writer":"waiting","web":"backoff"}'
+
+
+# --- status and history ----------------------------------------------------------------------
+
+def test_status_shows_pauses_drains_handovers_and_each_nodes_workers() -> None:
+    from supervisor.fleettext import history_text, status_text
+    from supervisor.fleetview import history_data, status_data
+    from supervisor.store import ControlAction, NodeMember
+
+    a = NodeMember(Holder("a", "g", 1, "n-a"), 0.0, 110.0, drain="drained",
+                   summary='{"web":"running","job":"paused"}')
+    b = NodeMember(Holder("b", "g", 2, "n-b"), 0.0, 110.0, summary="not json")
+    c = NodeMember(Holder("c", "g", 3, "n-c"), 0.0, 110.0, drain="acknowledged")
+    rows = (entry("pause", "job", stop_running=True), entry("drain", "a"),
+            entry("drain", "c"), entry("drain", "gone"),
+            entry("handover", "db-writer", until=150.0, holder_nonce="n-b"),
+            entry("handover", "old", until=50.0, holder_nonce="n-b"))
+    data = status_data("sqlite://", 100.0, [a, b, c], [], control=ControlState(3, rows))
+    assert data["paused"] == [{"worker": "job", "group": "", "by": "alice@ops-1",
+                               "reason": "why", "since": "1970-01-01T00:00:00.000Z",
+                               "stop_running": True}]
+    assert [(d["node"], d["state"]) for d in data["draining"]] == [
+        ("a", "drained"), ("c", "acknowledged"), ("gone", "not live")]
+    assert [h["worker"] for h in data["handovers"]] == ["db-writer"]  # "old" ended
+    assert [n["workers"] for n in data["nodes"]] == [{"web": "running", "job": "paused"},
+                                                     None, None]
+    text = status_text(data)
+    assert "workers: web running, job paused" in text
+    assert "job                          every group, runs stopped  by alice@ops-1" in text
+    assert "gone                         not live" in text
+    actions = [ControlAction(5.0, "pause", "job", "eu", "bob", "h", "migration")]
+    history = history_data([], [], None, [], actions)
+    assert history == [{"kind": "control", "at": "1970-01-01T00:00:05.000Z", "action": "pause",
+                        "target": "job", "group": "eu", "by": "bob@h", "reason": "migration"}]
+    assert history_text(history) == (
+        "1970-01-01T00:00:05.000Z  job                      pause (group eu) by bob@h  (migration)")
