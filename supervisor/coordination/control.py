@@ -24,6 +24,7 @@ tick claimed: a worker paused before the whole fleet restarted stays paused.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ from supervisor.store import ControlEntry, ControlState, CronRun, Holder, NodeRe
 
 if TYPE_CHECKING:
     from supervisor.coordination.hold import HeldTable
+
+log = logging.getLogger("supervisor")
 
 NOT_READ = "fleet control not read yet"
 
@@ -72,11 +75,20 @@ class FleetControl:
         first = not self.known
         self.known = True
         changed = first or state.entries != self._state.entries
-        self._state = state
+        before, self._state = self._state, state
+        if changed and (before.entries or state.entries):
+            self._tell()
         if changed:
             for listener in list(self._listeners):
                 listener()
         return changed
+
+    def _tell(self) -> None:
+        seen = self.seen()
+        drain = self.draining()
+        log.info("fleet control (version %d): paused here: %s; %s", self.version,
+                 ", ".join(sorted(seen.paused)) or "none",
+                 f"this node is {describe(drain)}" if drain is not None else "not draining")
 
     def watch(self, listener: Callable[[], None]) -> None:
         """Call `listener` after each sync that changed the rows (once, however often

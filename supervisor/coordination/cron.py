@@ -77,6 +77,7 @@ class CronMode:
         self._resync = True  # look at what happened while we were away before the next tick
         self._pending_misses: list[float] = []  # in grace, not run (catch_up): record after
         self._acquired: list[RunGrant] = []  # claimed, not yet handed to the supervisor
+        self._held_reason: str | None = None  # paused or draining here: why (control.py)
 
     # --- what the cron supervisor calls --------------------------------------------------------
 
@@ -182,9 +183,15 @@ class CronMode:
         catch_up never replays it."""
         blocked = self._node.control().cron_blocked(self._worker)
         if blocked is None:
+            if self._held_reason is not None:
+                log.info("%s: claiming ticks again from %s", self._worker, format_utc(tick))
+            self._held_reason = None
             return False
         reason, record = blocked
-        log.info("%s: %s: tick %s not claimed", self._worker, reason, format_utc(tick))
+        if reason != self._held_reason:  # once per pause or drain, not once per tick
+            log.info("%s: %s: its ticks are not claimed from %s on%s", self._worker, reason,
+                     format_utc(tick), " (each recorded skipped)" if record else "")
+        self._held_reason = reason
         if record:
             with contextlib.suppress(StoreError):
                 if await self._node.record_missed(self._worker, [tick], grace=0.0,
