@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.store.sql import SqlStore
-from tests.conftest import SUPERVISOR_BIN, wait_until
+from tests.conftest import SUPERVISOR_BIN, pid_alive, wait_until
 from tests.e2e.test_coordinated import CoordFleet
 from tests.e2e.test_cron import CronFleet
 from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, worker_toml
@@ -329,3 +329,46 @@ def test_status_shows_every_worker_on_every_node(tmp_path: Path, database_url: s
         wait_until(lambda: all((w or {}).get("probe") == "paused" for w in workers().values()),
                    20, "the probe shown paused on both nodes")
         assert "local running" in ok(config, "status")
+
+
+def test_draining_a_node_during_a_cron_schedule_leaves_the_ticks_to_the_others(
+        make_cron: Callable[..., CronFleet]) -> None:
+    fleet = make_cron(cron="@every 1s", max_run=1, misfire_grace="900ms", overlap="forbid",
+                      run_seconds=0.3, lock=True)
+    fleet.start_nodes("a", "b")
+    wait_until(lambda: {e.node for e in fleet.runs() if e.kind == "start"} == {"a", "b"},
+               40.0, "both nodes running ticks")
+    config = fleet.nodes["b"].config
+    ok(config, "drain", "a", "--wait", "--timeout", "30")
+    drained = time.time()
+    wait_until(lambda: len([e for e in fleet.runs() if e.kind == "start"
+                            and e.at > drained]) >= 4, 20.0, "four runs after the drain")
+    late = [e for e in fleet.runs() if e.kind == "start" and e.at > drained]
+    assert {e.node for e in late} == {"b"}, fleet.report()
+    assert not [e for e in fleet.runs() if e.kind == "OVERLAP"], fleet.report()
+    # nothing recorded skipped or missed for the drain: b ran each tick
+    ticks = {e.tick for e in late}
+    assert not [r for r in fleet.history() if r.tick in ticks and r.slot < 0]
+    ok(config, "undrain", "a")
+    undrained = time.time()
+    wait_until(lambda: any(e.kind == "start" and e.node == "a" and e.at > undrained
+                           for e in fleet.runs()), 30.0, "a running ticks again")
+
+
+def test_a_drained_node_keeps_its_every_node_workers(tmp_path: Path, database_url: str) -> None:
+    with made_fleets(functools.partial(TwoWorkers, tmp_path, database_url)) as make:
+        fleet = make()
+        fleet.start_nodes("a")
+        node = fleet.nodes["a"]
+        local = int(node.running.expect(r"local \| ready pid=(\d+)", after_start=True)
+                    .group(1))
+        first = fleet.probe().wait_for("acquired", timeout=20)
+        ok(node.config, "drain", "a", "--wait", "--timeout", "30")
+        fleet.wait_ended(fleet.probe(), first.pid, timeout=1)
+        assert pid_alive(local)
+        data = json.loads(ok(node.config, "status", "--json"))
+        (row,) = data["nodes"]
+        wait_until(lambda: json.loads(ok(node.config, "status", "--json"))["nodes"][0][
+            "workers"] == {"local": "running", "probe": "waiting"}, 10, "status")
+        assert row["drain"] == "drained"
+        assert node.running.text().count("local | ready") == 1  # never restarted
