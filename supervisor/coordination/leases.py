@@ -53,6 +53,7 @@ class _Want:
     lease: Lease | None = None
     waiter: asyncio.Future[Grant] | None = None
     ensured: bool = False
+    blocked_by: str | None = None  # fleet control stopped its child: why (for the release)
 
 
 class Leases:
@@ -97,6 +98,7 @@ class Leases:
         lease = self._drop(want)
         if lease is None:
             return
+        reason, want.blocked_by = want.blocked_by or reason, None
         try:
             remaining = max(0.2, self._timing.renew_deadline)
             await self._call(self._store.lease_release, lease, reason=reason, within=remaining,
@@ -194,6 +196,7 @@ class Leases:
             if reason is not None:
                 log.info("%s: %s: stopping its child, then releasing lease %s", want.worker,
                          reason, want.name)
+                want.blocked_by = reason
                 want.hold.hurry(reason)
 
     def refused(self, refusal: SyncRefusal, reason: str, now: float) -> None:

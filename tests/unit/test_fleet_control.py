@@ -143,6 +143,8 @@ def test_a_paused_leader_stops_releases_once_given_up_and_competes_again_on_resu
         grant = leader.grants[0]
         assert grant.kill_by is not None
         await store.until(lambda: holder_of(store) is None)
+        (term,) = store.memory.terms()
+        assert (term.outcome, term.reason) == ("released", "paused by alice@ops-1: migration")
         # paused: several syncs go by and the lease is not tried
         syncs = len(store.attempts("node_sync"))
         await store.until(lambda: len(store.attempts("node_sync")) >= syncs + 4)
@@ -412,3 +414,38 @@ def test_status_shows_pauses_drains_handovers_and_each_nodes_workers() -> None:
                         "target": "job", "group": "eu", "by": "bob@h", "reason": "migration"}]
     assert history_text(history) == (
         "1970-01-01T00:00:05.000Z  job                      pause (group eu) by bob@h  (migration)")
+
+
+# --- the node sync: a coordinated worker ---------------------------------------------------
+
+def test_a_paused_coordinated_member_stops_leaves_and_rejoins_on_resume() -> None:
+    from supervisor.coordination.coordinated import CoordinatedMode
+
+    async def main() -> None:
+        store = MemoryStore()
+        keeper, _ = await leader_node(store)
+        mode = CoordinatedMode(keeper, "shard", "shard", ME.group, instances=None,
+                               stable_window=1.0, publish=lambda event: None)
+        async with asyncio.timeout(60):
+            grant = await mode.acquire()
+        assert grant.env["SUPERVISOR_WORKER_INDEX"] == "0"
+        store.memory.control_set("pause", "shard", "", reason="", **ACTOR)
+        await store.until(lambda: grant.revoked.is_set())
+        assert grant.reason == "paused by alice@ops-1"
+        await mode.release(grant, grant.reason)  # the worker loop, its child stopped
+        again = asyncio.create_task(mode.acquire())
+        await store.until(lambda: not store.memory.coord_view("shard").members)
+        syncs = len(store.attempts("node_sync"))
+        await store.until(lambda: len(store.attempts("node_sync")) >= syncs + 4)
+        view = store.memory.coord_view("shard")
+        assert view.members == () and not [s for s in view.slots
+                                           if s.holder is not None
+                                           and s.expires_at > store.now()]
+        assert not again.done()
+        store.memory.control_clear("pause", "shard", "", reason="", **ACTOR)
+        async with asyncio.timeout(60):
+            back = await again
+        assert not back.revoked.is_set()
+        await mode.close()
+
+    run_virtual(main())
