@@ -156,6 +156,7 @@ def status(config_path: Path, as_json: bool) -> None:
 
     spec: NodeSpec = load_settings(config_path).to_spec()
     with open_store(config_path) as store:
+        cli_fleet.require_control(store)  # the node rows' columns of 0009 too
         db_now = store.db_now()
         members = store.members()
         cron = cron_section(spec.workers, db_now, members,
@@ -189,7 +190,8 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
         terms = store.terms(lease=lease, limit=limit)
         runs = store.cron_runs(worker=worker, limit=limit)
         generations = store.coord_generations(worker_key=worker, limit=limit)
-        actions = [a for a in store.control_log(limit=limit) if worker in (None, a.target)]
+        actions = [a for a in store.control_log(limit=limit) if worker in (None, a.target)
+                   ] if cli_fleet.has_control(store) else []
     rows = history_data(terms, runs, limit, generations, actions)
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 

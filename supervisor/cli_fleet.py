@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,6 +27,10 @@ from supervisor.cli_common import EXIT_RUNTIME, config_option, fail, load_settin
 from supervisor.model import Mode, format_utc, parse_leader_lease
 from supervisor.spec import NodeSpec, WorkerSpec
 
+if TYPE_CHECKING:
+    from supervisor.store.sql import SqlStore
+
+CONTROL_REVISION = "0009"  # the migration that added the control tables
 _LEADERS = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 _PAUSABLE = (*_LEADERS, Mode.COORDINATED, Mode.CRON)
 
@@ -43,6 +48,19 @@ def actor() -> tuple[str, str]:
     except (KeyError, OSError):  # no name for this uid (a container)
         user = f"uid:{os.getuid()}"
     return user, socket.gethostname()
+
+
+def has_control(store: SqlStore) -> bool:
+    """Does the database's schema have the fleet-control tables (migration 0009)?"""
+    state = store.schema_state()
+    return state.newer or (state.revision or "") >= CONTROL_REVISION
+
+
+def require_control(store: SqlStore) -> None:
+    if not has_control(store):
+        click.echo(f"error: the schema of {store.masked_url} predates fleet control: run "
+                   "`supervisor db upgrade`, or start a node of this release", err=True)
+        sys.exit(EXIT_RUNTIME)
 
 
 def _spec(config_path: Path) -> NodeSpec:
@@ -80,6 +98,7 @@ def pause(config_path: Path, worker: str, group: str, reason: str,
         fail(f"--stop-running applies to cron workers; {worker!r} is {mode}")
     user, host = actor()
     with open_store(config_path) as store:
+        require_control(store)
         entry = store.control_set("pause", worker, group, user=user, host=host,
                                   reason=reason, stop_running=stop_running)
     where = f"the nodes of group {group!r}" if group else "every node"
@@ -100,6 +119,7 @@ def resume(config_path: Path, worker: str, group: str, reason: str) -> None:
     _worker(spec, worker, config_path)
     user, host = actor()
     with open_store(config_path) as store:
+        require_control(store)
         found = store.control_clear("pause", worker, group, user=user, host=host,
                                     reason=reason)
     scope = f" in group {group!r}" if group else ""
@@ -126,6 +146,7 @@ def handover(config_path: Path, worker: str, group: str, reason: str) -> None:
     hold_out = 2 * spec.coordination.lease_ttl
     user, host = actor()
     with open_store(config_path) as store:
+        require_control(store)
         led = [(lease.name, lease.holder) for lease in store.leases()
                if lease.holder is not None and lease.seconds_left > 0
                and _leads(lease.name, worker, group)]
@@ -168,6 +189,7 @@ def drain(config_path: Path, node: str, reason: str, wait: bool,
     spec = _spec(config_path)
     user, host = actor()
     with open_store(config_path) as store:
+        require_control(store)
         store.control_set("drain", node, "", user=user, host=host, reason=reason)
         live = [m for m in store.members() if m.holder.node_id == node]
         if not live:
@@ -199,6 +221,7 @@ def undrain(config_path: Path, node: str, reason: str) -> None:
     """Lift the drain of NODE: it takes leaderships, slots and cron ticks again."""
     user, host = actor()
     with open_store(config_path) as store:
+        require_control(store)
         found = store.control_clear("drain", node, "", user=user, host=host, reason=reason)
     click.echo(f"undrained {node}" if found else f"{node} was not draining (recorded anyway)")
 

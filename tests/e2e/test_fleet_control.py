@@ -372,3 +372,28 @@ def test_a_drained_node_keeps_its_every_node_workers(tmp_path: Path, database_ur
             "workers"] == {"local": "running", "probe": "waiting"}, 10, "status")
         assert row["drain"] == "drained"
         assert node.running.text().count("local | ready") == 1  # never restarted
+
+
+def test_on_a_schema_before_fleet_control_the_commands_say_to_upgrade(fleet: Fleet) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "supervisor.store:migrations")
+    engine = create_engine(fleet.database_url)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0008")
+    finally:
+        engine.dispose()
+    fleet.node("a", start=False)
+    config = fleet.nodes["a"].config
+    for args in (("pause", "probe"), ("drain", "a"), ("status",)):
+        done = cli(config, *args)
+        assert done.returncode == 1, (args, done)
+        assert "predates fleet control: run `supervisor db upgrade`" in done.stderr, done
+    assert cli(config, "history").returncode == 0
+    ok(config, "db", "upgrade")
+    ok(config, "pause", "probe")
