@@ -144,13 +144,13 @@ class FleetControl:
         the other groups' nodes)."""
         if not self.known:
             return NOT_READ, False
+        pause = self.pause_of(worker)
+        if pause is not None and pause.group == "":  # paused everywhere: even if draining
+            return describe(pause), True
         drain = self.draining()
         if drain is not None:
             return describe(drain), False
-        pause = self.pause_of(worker)
-        if pause is not None:
-            return describe(pause), pause.group == ""
-        return None
+        return None if pause is None else (describe(pause), False)
 
     def stop_running(self, worker: str) -> ControlEntry | None:
         """A pause of `worker` here that also stops its cron runs in progress."""

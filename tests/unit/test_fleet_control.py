@@ -62,6 +62,10 @@ def test_a_drain_of_this_node_blocks_every_lease_and_every_claim() -> None:
     assert control.blocked(LEASE, "db-writer") == "draining by alice@ops-1: why"
     assert control.cron_blocked("report") == ("draining by alice@ops-1: why", False)
     assert control.drain_state(holding=True) == "acknowledged"
+    # a worker paused on every group is recorded skipped by a draining node too
+    control.synced(ControlState(3, (entry("drain", ME.node_id), entry("pause", "report"))),
+                   100.0)
+    assert control.cron_blocked("report") == ("paused by alice@ops-1: why", True)
     assert control.drain_state(holding=False) == "drained"
 
 
