@@ -245,6 +245,8 @@ class Supervisor:
                 timing,
                 self._publish, history_keep=self.node.history.keep,
             )
+            self._node_sync.worker_states = lambda: {
+                name: str(worker.state) for name, worker in self._workers.items()}
             self._node_sync_task = self._group.create_task(self._node_sync.run(),
                                                            name="node-sync")
         return self._node_sync

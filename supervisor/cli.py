@@ -156,6 +156,7 @@ def status(config_path: Path, as_json: bool) -> None:
 
     spec: NodeSpec = load_settings(config_path).to_spec()
     with open_store(config_path) as store:
+        cli_fleet.require_control(store)  # the node rows' columns of 0009 too
         db_now = store.db_now()
         members = store.members()
         cron = cron_section(spec.workers, db_now, members,
@@ -164,7 +165,7 @@ def status(config_path: Path, as_json: bool) -> None:
             spec.workers, members, store.coord_view,
             lambda worker: {g.worker_key for g in store.coord_generations(worker_key=worker)})
         data = status_data(store.masked_url, db_now, members, store.leases(), cron,
-                           coordinated)
+                           coordinated, store.control_state())
     click.echo(json.dumps(data, indent=2) if as_json else status_text(data))
 
 
@@ -189,7 +190,9 @@ def history(config_path: Path, worker: str | None, as_json: bool, limit: int) ->
         terms = store.terms(lease=lease, limit=limit)
         runs = store.cron_runs(worker=worker, limit=limit)
         generations = store.coord_generations(worker_key=worker, limit=limit)
-    rows = history_data(terms, runs, limit, generations)
+        actions = [a for a in store.control_log(limit=limit) if worker in (None, a.target)
+                   ] if cli_fleet.has_control(store) else []
+    rows = history_data(terms, runs, limit, generations, actions)
     click.echo(json.dumps(rows, indent=2) if as_json else history_text(rows))
 
 
@@ -298,3 +301,10 @@ main.add_command(cli_local.logs)
 from supervisor.cli_trigger import trigger  # noqa: E402 (a command module: below main)
 
 main.add_command(trigger)
+from supervisor import cli_fleet  # noqa: E402 - the commands' modules come after main
+
+main.add_command(cli_fleet.pause)
+main.add_command(cli_fleet.resume)
+main.add_command(cli_fleet.handover)
+main.add_command(cli_fleet.drain)
+main.add_command(cli_fleet.undrain)

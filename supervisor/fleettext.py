@@ -20,6 +20,7 @@ def status_text(data: dict[str, Any]) -> str:
         lines.append(f"  {node['node_id']:<24} group {node['group']:<12} pid {node['pid']:<8} "
                      f"since {node['since']}  expires in {node['expires_in']:.1f}s"
                      f"  {_facts_text(node)}")
+        lines += _node_workers_text(node)
     if data["zone_data"]["warning"]:
         lines.append(f"  {data['zone_data']['warning']}")
     lines += ["", f"leaders: {len(data['leaders'])}"]
@@ -37,7 +38,42 @@ def status_text(data: dict[str, Any]) -> str:
     lines += ["", f"cron: {len(data['cron'])} workers"]
     for cron in data["cron"]:
         lines += _cron_text(cron)
+    lines += _control_text(data)
     return "\n".join(lines)
+
+
+def _control_text(data: dict[str, Any]) -> list[str]:
+    """Paused workers, draining nodes and handovers, with who asked, why and since when."""
+    lines = ["", f"paused: {len(data['paused'])}"]
+    for pause in data["paused"]:
+        where = f"group {pause['group']}" if pause["group"] else "every group"
+        stop = ", runs stopped" if pause["stop_running"] else ""
+        lines.append(f"  {pause['worker']:<28} {where}{stop}  by {pause['by']} since "
+                     f"{pause['since']}{_why(pause)}")
+    lines += ["", f"draining: {len(data['draining'])}"]
+    for drain in data["draining"]:
+        lines.append(f"  {drain['node']:<28} {drain['state']:<13} by {drain['by']} since "
+                     f"{drain['since']}{_why(drain)}")
+    for handover in data["handovers"]:
+        name = shown_name(handover["worker"], handover["group"])
+        lines.append(f"handover: {name} by {handover['by']}, old holder out until "
+                     f"{handover['until']}{_why(handover)}")
+    return lines
+
+
+def _why(row: dict[str, Any]) -> str:
+    return f"  ({row['reason']})" if row["reason"] else ""
+
+
+def _node_workers_text(node: dict[str, Any]) -> list[str]:
+    """The node's workers as it published them, and its drain acknowledgement."""
+    lines = []
+    if node.get("drain"):
+        lines.append(f"    draining: {node['drain']}")
+    if node.get("workers"):
+        shown = ", ".join(f"{name} {state}" for name, state in node["workers"].items())
+        lines.append(f"    workers: {shown}")
+    return lines
 
 
 def _facts_text(node: dict[str, Any]) -> str:
@@ -123,6 +159,11 @@ def history_text(rows: Sequence[dict[str, Any]]) -> str:
             continue
         if row["kind"] == "generation":
             lines.append(_history_generation_text(row))
+            continue
+        if row["kind"] == "control":
+            group = f" (group {row['group']})" if row["group"] else ""
+            lines.append(f"{row['at']}  {row['target']:<24} {row['action']}{group} by "
+                         f"{row['by']}{_why(row)}")
             continue
         name = row["worker"] + (f"@{row['group']}" if row["group"] else "")
         took = "" if row["duration"] is None else f" after {row['duration']:.1f}s"

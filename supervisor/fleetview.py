@@ -29,6 +29,7 @@ of the newest `limit` of each.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ from supervisor.model import (
 from supervisor.schedule import next_tick, parse_schedule, parse_timezone
 from supervisor.spec import WorkerSpec
 from supervisor.store import (
+    ControlAction,
+    ControlEntry,
+    ControlState,
     CoordAssigned,
     CoordGeneration,
     CoordSlot,
@@ -86,14 +90,17 @@ def shown_name(worker: str, group: str | None) -> str:
 def status_data(database: str, db_now: float, members: Sequence[NodeMember],
                 leases: Sequence[LeaseState],
                 cron: Sequence[dict[str, Any]] = (),
-                coordinated: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                coordinated: Sequence[dict[str, Any]] = (),
+                control: ControlState | None = None) -> dict[str, Any]:
     return {
+        **control_section(control, members, db_now),
         "database": database,
         "database_time": iso(db_now),
         "nodes": [
             {"node_id": m.holder.node_id, "group": m.holder.group, "pid": m.holder.pid,
              "since": iso(m.started_at), "expires_in": round(m.expires_at - db_now, 3),
-             "release": m.release, "tz_source": m.tz_source, "tz_version": m.tz_version}
+             "release": m.release, "tz_source": m.tz_source, "tz_version": m.tz_version,
+             "drain": m.drain or None, "workers": worker_states(m.summary)}
             for m in members
         ],
         "zone_data": zone_data_section(members),
@@ -331,13 +338,16 @@ def run_data(r: CronRunRecord) -> dict[str, Any]:
 
 def history_data(terms: Sequence[TermRecord], runs: Sequence[CronRunRecord] = (),
                  limit: int | None = None,
-                 generations: Sequence[CoordGeneration] = ()) -> list[dict[str, Any]]:
-    """Terms, cron runs and coordinated generations merged, newest first, each row with
-    its `kind` and `at`: a term's acquired_at, a run's tick, a generation's published_at.
+                 generations: Sequence[CoordGeneration] = (),
+                 actions: Sequence[ControlAction] = ()) -> list[dict[str, Any]]:
+    """Terms, cron runs, coordinated generations and control actions merged, newest first,
+    each row with its `kind` and `at`: a term's acquired_at, a run's tick, a generation's
+    published_at, an action's time.
     On a tie, terms come first, then runs; each source keeps its own order."""
     keyed = [(r.acquired_at, _term_data(r)) for r in terms]
     keyed += [(r.tick, _history_run(r)) for r in runs]
     keyed += [(g.published_at, _generation_data(g)) for g in generations]
+    keyed += [(a.at, control_action_data(a)) for a in actions]
     keyed.sort(key=lambda pair: pair[0], reverse=True)  # stable, also reversed
     rows = [row for _, row in keyed]
     return rows if limit is None else rows[:limit]
@@ -384,3 +394,57 @@ def _generation_data(g: CoordGeneration) -> dict[str, Any]:
         "published": iso(g.published_at), "ended": iso(g.ended_at),
         "duration": None if g.ended_at is None else round(g.ended_at - g.published_at, 3),
     }
+
+
+# --- fleet control ---------------------------------------------------------------------------
+
+def control_section(state: ControlState | None, members: Sequence[NodeMember],
+                    db_now: float) -> dict[str, Any]:
+    """Paused workers (who, why, since), draining nodes (requested, and each live
+    process's acknowledgement: acknowledged or drained) and handovers still holding out."""
+    entries = () if state is None else state.entries
+    return {
+        "paused": [{"worker": e.target, "group": e.group, "by": _by(e), "reason": e.reason,
+                    "since": iso(e.requested_at), "stop_running": e.stop_running}
+                   for e in entries if e.kind == "pause"],
+        "draining": [_drain_data(e, members) for e in entries if e.kind == "drain"],
+        "handovers": [{"worker": e.target, "group": e.group, "by": _by(e), "reason": e.reason,
+                       "since": iso(e.requested_at), "until": iso(e.until)}
+                      for e in entries if e.kind == "handover"
+                      and e.until is not None and e.until > db_now],
+    }
+
+
+def _drain_data(entry: ControlEntry, members: Sequence[NodeMember]) -> dict[str, Any]:
+    acks = [m.drain for m in members if m.holder.node_id == entry.target]
+    if not acks:
+        state = "not live"
+    elif all(ack == "drained" for ack in acks):
+        state = "drained"
+    elif all(acks):
+        state = "acknowledged"
+    else:
+        state = "requested"
+    return {"node": entry.target, "by": _by(entry), "reason": entry.reason,
+            "since": iso(entry.requested_at), "state": state}
+
+
+def _by(entry: ControlEntry | ControlAction) -> str:
+    return f"{entry.actor_user}@{entry.actor_host}"
+
+
+def control_action_data(a: ControlAction) -> dict[str, Any]:
+    return {"kind": "control", "at": iso(a.at), "action": a.action, "target": a.target,
+            "group": a.group or None, "by": _by(a), "reason": a.reason}
+
+
+def worker_states(summary: str | None) -> dict[str, Any] | None:
+    """A node's published workers' states (name -> state); None when it reports none (an
+    older release) or what it wrote cannot be read."""
+    if summary is None:
+        return None
+    try:
+        states = json.loads(summary)
+    except ValueError:
+        return None
+    return states if isinstance(states, dict) else None

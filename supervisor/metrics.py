@@ -38,6 +38,7 @@ from supervisor.model import (
     DatabaseCall,
     Event,
     ExitReason,
+    FleetControlSeen,
     LeadershipGained,
     LeadershipLost,
     LeaseRenewed,
@@ -58,9 +59,9 @@ _disable_created_metrics()  # type: ignore[no-untyped-call]
 LEADER_MODES = (Mode.GLOBAL_LEADER, Mode.GROUP_LEADER)
 TRUSTED_MODES = (*LEADER_MODES, Mode.CRON, Mode.COORDINATED)
 CRON_OUTCOMES = ("succeeded", "failed", "timed_out", "stopped", "lost", "skipped", "missed")
-CLAIM_RESULTS = ("acquired", "full", "missed", "overlap", "error")
+CLAIM_RESULTS = ("acquired", "full", "missed", "overlap", "paused", "error")
 # A claim result that is the tick's outcome for this node (no run follows it).
-_CLAIM_OUTCOME = {"missed": "missed", "overlap": "skipped"}
+_CLAIM_OUTCOME = {"missed": "missed", "overlap": "skipped", "paused": "skipped"}
 _DB_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 
 
@@ -76,6 +77,7 @@ class Metrics:
         self._leader_families()
         self._cron_families()
         self._coordinated_families()
+        self._control_families()
         self.node_info.labels(node_id, group).set(1)
         self.output_dropped.labels("", "stderr")  # every series exists from the start
         specs = workers if isinstance(workers, Mapping) else {w: WorkerSpec() for w in workers}
@@ -154,7 +156,7 @@ class Metrics:
     def _cron_families(self) -> None:
         r = self.registry
         self.claims = Counter("supervisor_cron_claims", "Cron claims by this node, by result "
-                              "(acquired, full, missed, overlap, error)",
+                              "(acquired, full, missed, overlap, paused, error)",
                               ["worker", "result"], registry=r)
         self.cron_runs = Counter("supervisor_cron_runs", "Cron ticks as this node saw them, by "
                                  "outcome: runs it ran (succeeded, failed, timed_out, stopped, "
@@ -188,9 +190,21 @@ class Metrics:
         self._members_seen: dict[str, tuple[int, float]] = {}  # worker -> (members, since)
         self._generation_seen: dict[str, int] = {}
 
+    def _control_families(self) -> None:
+        r = self.registry
+        self.paused = Gauge("supervisor_paused", "1 while the worker is paused on this node's "
+                            "group (supervisor pause), as this node's last sync read it",
+                            ["worker"], registry=r)
+        self.draining = Gauge("supervisor_draining", "1 while this node is drained "
+                              "(supervisor drain), as its last sync read it", registry=r)
+        self._pausable: set[str] = set()
+
     def add_worker(self, name: str, spec: WorkerSpec) -> None:
         """Create every series of a configured worker, at its idle value."""
         self.worker_info.labels(name, str(spec.mode)).set(1)
+        if spec.mode is not Mode.EVERY_NODE:
+            self._pausable.add(name)
+            self.paused.labels(name).set(0)
         self._worker_series(name)
         if spec.mode in TRUSTED_MODES:
             self.deadline_kills.labels(name)
@@ -238,6 +252,10 @@ class Metrics:
         if isinstance(event, LeadershipGained | LeadershipLost | LeaseRenewed | NodeHeartbeat
                       | DatabaseCall):
             self._coordination(event)
+        elif isinstance(event, FleetControlSeen):
+            for worker in self._pausable:
+                self.paused.labels(worker).set(1 if worker in event.paused else 0)
+            self.draining.set(1 if event.draining else 0)
         elif isinstance(event, CoordinationSeen | CronClaimed | CronRunEnded):
             self._mode(event)
         elif isinstance(event, WorkerStarted):

@@ -367,6 +367,15 @@ class NodeHeartbeat(Event):
 
 
 @dataclass(frozen=True)
+class FleetControlSeen(Event):
+    """This node's sync read changed fleet-control rows (worker is ""): the workers paused
+    on its group (or on every group), and whether this node is draining."""
+
+    paused: frozenset[str]
+    draining: bool
+
+
+@dataclass(frozen=True)
 class DatabaseCall(Event):
     operation: str
     seconds: float
@@ -376,7 +385,8 @@ class DatabaseCall(Event):
 @dataclass(frozen=True)
 class CronClaimed(Event):
     """What this node's claim of a cron tick got (the `result` of supervisor_cron_claims_total):
-    acquired, full, missed, overlap (skipped: an earlier run is still going), or error."""
+    acquired, full, missed, overlap (skipped: an earlier run is still going), paused
+    (skipped: the worker is paused fleet-wide), or error."""
 
     tick: float
     result: str

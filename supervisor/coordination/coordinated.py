@@ -18,6 +18,10 @@ the restart policy with the same index, as long as the generation stands.
 The mode reaches the database only through its node (`port.NodePort`): the node sync
 renews the membership and the slot it holds, and revokes the slot's grant when the
 slot is lost or its trust runs out (hold.py).
+
+Fleet control (control.py): paused on this node's group, or the node draining, the
+member stops its child, gives its slot back and leaves the membership (the publisher
+rebalances the rest); it joins again once that is lifted.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from supervisor.coordination import Grant
+from supervisor.coordination.control import describe
 from supervisor.coordination.port import NodePort
 from supervisor.errors import StoreError
 from supervisor.model import CoordinationSeen, Event, Mode, coord_lease
@@ -74,15 +79,22 @@ class CoordinatedMode:
     # --- WorkerMode ------------------------------------------------------------------------
 
     async def acquire(self) -> Grant:
-        self._start()
+        self._node.control().watch(self._on_control)
         while True:
-            view = self._view
-            if view is not None and view.generation > 0 and view.index is not None:
-                grant = await self._try_slot(view, view.index)
-                if grant is not None:
-                    return grant
             self._changed.clear()
-            await self._changed.wait()
+            held_back = self._held_back()
+            if held_back is not None:
+                await self._leave(held_back)
+            else:
+                self._start()
+                view = self._view
+                if view is not None and view.generation > 0 and view.index is not None:
+                    grant = await self._try_slot(view, view.index)
+                    if grant is not None:
+                        self._on_control()  # paused while the slot was claimed: stop it
+                        return grant
+            if not self._changed.is_set():
+                await self._changed.wait()
 
     async def release(self, grant: Grant, reason: str) -> None:
         slot, self._slot = self._slot, None
@@ -98,13 +110,40 @@ class CoordinatedMode:
 
     async def close(self) -> None:
         """The worker stops on this node for good: leave the membership."""
+        self._node.control().unwatch(self._on_control)
+        await self._stop_membership()
+
+    async def _stop_membership(self) -> None:
         self._node.coord_leave(self._key)
-        if self._publisher is not None:
-            self._publisher.cancel()
+        publisher, self._publisher = self._publisher, None
+        self._view = None
+        if publisher is not None:
+            publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+                await publisher
         with contextlib.suppress(StoreError):
             await self._node.coord_remove(self._key)
+
+    # --- fleet control -----------------------------------------------------------------------
+
+    def _held_back(self) -> str | None:
+        """Why this node must not be a member now (paused here, draining), or None."""
+        control = self._node.control()
+        entry = control.draining() or control.pause_of(self._worker)
+        return None if entry is None else describe(entry)
+
+    def _on_control(self) -> None:
+        """The control rows changed: a member held back stops its child and leaves."""
+        self._changed.set()
+        reason = self._held_back()
+        if reason is not None and self._grant is not None:
+            self._grant.revoke(reason)
+
+    async def _leave(self, reason: str) -> None:
+        if self._publisher is None:
+            return
+        log.info("%s: %s: leaving the membership of %s", self._worker, reason, self._key)
+        await self._stop_membership()
 
     # --- membership and views --------------------------------------------------------------
 

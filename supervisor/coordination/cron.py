@@ -82,6 +82,7 @@ class CronMode:
         self._triggers: dict[int, CronTrigger] = {}
         self._seen: set[int] = set()
         self._trigger_wake = asyncio.Event()
+        self._held_reason: str | None = None  # paused or draining here: why (control.py)
 
     # --- what the cron supervisor calls --------------------------------------------------------
 
@@ -248,9 +249,33 @@ class CronMode:
         return True
 
     async def _claim_tick(self, tick: float) -> None:
+        if await self._held_back(tick):
+            return
         for _ in range(self._spec.max_per_node):
             if not await self._claim(tick):
                 break
+
+    async def _held_back(self, tick: float) -> bool:
+        """Fleet control: paused or draining here, the tick is not claimed; paused on
+        every group, it is recorded skipped ("paused"), so that no node claims it and
+        catch_up never replays it."""
+        blocked = self._node.control().cron_blocked(self._worker)
+        if blocked is None:
+            if self._held_reason is not None:
+                log.info("%s: claiming ticks again from %s", self._worker, format_utc(tick))
+            self._held_reason = None
+            return False
+        reason, record = blocked
+        if reason != self._held_reason:  # once per pause or drain, not once per tick
+            log.info("%s: %s: its ticks are not claimed from %s on%s", self._worker, reason,
+                     format_utc(tick), " (each recorded skipped)" if record else "")
+        self._held_reason = reason
+        if record:
+            with contextlib.suppress(StoreError):
+                if await self._node.record_missed(self._worker, [tick], grace=0.0,
+                                                  reason=reason, state="skipped"):
+                    self._publish(CronClaimed(self._worker, tick, "paused"))
+        return True
 
     async def _claim(self, tick: float) -> bool:
         """One claim of a slot of `tick`; False when nothing (more) was acquired."""

@@ -53,6 +53,7 @@ class _Want:
     lease: Lease | None = None
     waiter: asyncio.Future[Grant] | None = None
     ensured: bool = False
+    blocked_by: str | None = None  # fleet control stopped its child: why (for the release)
 
 
 class Leases:
@@ -69,6 +70,9 @@ class Leases:
         self._wake = wake
         self._wants: dict[str, _Want] = {}
         self._next_ensure = 0.0  # when rows of leases still waited for are ensured again
+        # Fleet control (control.py): why a lease must be neither tried nor kept now
+        # (paused, draining, handed over), by (lease, worker); None: it is free to.
+        self.blocked: Callable[[str, str], str | None] = lambda lease, worker: None
 
     # --- what modes ask for ----------------------------------------------------------------
 
@@ -94,6 +98,7 @@ class Leases:
         lease = self._drop(want)
         if lease is None:
             return
+        reason, want.blocked_by = want.blocked_by or reason, None
         try:
             remaining = max(0.2, self._timing.renew_deadline)
             await self._call(self._store.lease_release, lease, reason=reason, within=remaining,
@@ -119,7 +124,8 @@ class Leases:
     def wanted(self, now: float) -> list[str]:
         """The leases to try: waited for, not held, not left out for a refused row."""
         return [w.name for w in self._wants.values() if w.wanted and w.lease is None
-                and w.waiter is not None and not self._quarantine.out("lease", w.name, now)]
+                and w.waiter is not None and not self._quarantine.out("lease", w.name, now)
+                and self.blocked(w.name, w.worker) is None]
 
     def trusts(self) -> list[float]:
         return [w.hold.trust_until for w in self._wants.values() if w.lease]
@@ -177,6 +183,21 @@ class Leases:
         for name, lease in result.acquired.items():
             self._quarantine.passed("lease", name, self._wants[name].worker, f"lease {name}")
             self._gained(self._wants[name], lease, sent)
+
+    def enforce(self) -> None:
+        """Fleet control: the grant of each held lease now blocked is revoked, its child
+        dead within leader_stop_grace; the lease stays renewed until the worker gives it
+        up once the child is dead (never before: guarantee 4)."""
+        for want in self._wants.values():
+            grant = want.hold.grant
+            if want.lease is None or grant is None or grant.revoked.is_set():
+                continue
+            reason = self.blocked(want.name, want.worker)
+            if reason is not None:
+                log.info("%s: %s: stopping its child, then releasing lease %s", want.worker,
+                         reason, want.name)
+                want.blocked_by = reason
+                want.hold.hurry(reason)
 
     def refused(self, refusal: SyncRefusal, reason: str, now: float) -> None:
         """The database refused this lease's row: its child stopped at once, the lease

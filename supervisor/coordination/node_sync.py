@@ -40,6 +40,12 @@ from typing import Any, TypeVar
 
 from supervisor.clock import boottime
 from supervisor.coordination import Grant
+from supervisor.coordination.control import (
+    FleetControl,
+    control_sync_args,
+    stop_paused_runs,
+    summarize,
+)
 from supervisor.coordination.dblane import OTHER, RELEASE, SYNC, DbLane
 from supervisor.coordination.hold import HeldTable, Stamp
 from supervisor.coordination.leases import Leases
@@ -59,6 +65,7 @@ from supervisor.store import (
     Holder,
     Lease,
     NodeFacts,
+    NodeReport,
     SyncResult,
 )
 
@@ -93,6 +100,12 @@ class NodeSync:
         self._wake = asyncio.Event()
         self._leases = Leases(store, timing, publish, self._call, self._quarantine,
                               self._wake.set)
+        self.fleet = FleetControl(holder)  # pauses, drains, handovers (control.py)
+        self._leases.blocked = self.fleet.blocked
+        self._reported: NodeReport | None = None  # what this node's row last got
+        # This node's workers' states by name (the Supervisor sets it), published with
+        # the syncs in its membership row, only when they changed.
+        self.worker_states: Callable[[], dict[str, str]] = dict
         self._runs: HeldTable[int, CronRun] = HeldTable(timing, "run")
         self._slots: HeldTable[tuple[str, int], CoordSlot] = HeldTable(timing, "slot")
         # coordinated workers: keys this node is a member of, with who hears their views
@@ -154,6 +167,7 @@ class NodeSync:
         extra: dict[str, Any] = {"runs": runs} if runs else {}
         if self._triggers:
             extra["cron_workers"] = sorted(self._triggers)
+        extra.update(control_sync_args(self.fleet, self._reported, self._report()))
         if self._coord:
             # Only the publisher of a key reads its whole membership: rows read per
             # sync must not grow with the fleet on every node.
@@ -174,6 +188,7 @@ class NodeSync:
         self._leases.synced(result, sent)
         for worker, hear in list(self._triggers.items()):
             hear([trigger for trigger in result.triggers if trigger.worker == worker])
+        self._synced_control(result, extra.get("report"))
 
     def _measured(self, result: SyncResult, sent_at: float, wall_sent: float) -> float:
         """A sync answered: the database is up, and its clock measured again; returns
@@ -229,7 +244,24 @@ class NodeSync:
             if listener is not None:
                 listener(view, sent[0])
 
+    def _synced_control(self, result: SyncResult, report: NodeReport | None) -> None:
+        changed = self.fleet.synced(result.control, result.db_now)
+        if changed:
+            self._publish(self.fleet.seen())
+        self._reported = report or self._reported
+        self._leases.enforce()  # blocked leases: their children stop
+        stop_paused_runs(self.fleet, self._runs)
+        if changed or (self._reported and self._report().drain != self._reported.drain):
+            self._wake.set()  # leases held back until now, or a drain state to report
+
+    def _report(self) -> NodeReport:
+        holding = bool(self._runs or self._slots or self._coord or self._leases.holding())
+        states = self.worker_states()
+        return NodeReport(self.fleet.drain_state(holding),
+                          summarize(states, self.fleet) if states else None)
+
     def _failed(self, exc: StoreError, held: list[Lease]) -> None:
+        self._reported = None  # its row may be written anew: report again
         self.state.failures += 1
         if self.state.failures == 1 or self.state.failures % 30 == 0:
             log.warning("coordination: database call failed (%s), %d in a row",
@@ -311,9 +343,12 @@ class NodeSync:
         return await self.call(self.store.cron_recorded, worker, since)
 
     async def record_missed(self, worker: str, ticks: Sequence[float], *, grace: float,
-                            reason: str) -> list[float]:
+                            reason: str, state: str = "missed") -> list[float]:
         return await self.call(self.store.cron_record_missed, worker, ticks, grace=grace,
-                               reason=reason)
+                               reason=reason, state=state)
+
+    def control(self) -> FleetControl:
+        return self.fleet
 
     # --- NodePort: coordinated workers ---------------------------------------------------------
 

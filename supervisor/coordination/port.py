@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from supervisor.coordination import Grant
+from supervisor.coordination.control import FleetControl
 from supervisor.coordination.hold import Stamp
 from supervisor.spec import CoordinationSpec
 from supervisor.store import (
@@ -108,8 +109,15 @@ class NodePort(Protocol):
         """The ticks of `worker` recorded since `since` (database time)."""
 
     async def record_missed(self, worker: str, ticks: Sequence[float], *, grace: float,
-                            reason: str) -> list[float]:
-        """Record the ticks nobody ran as missed; the ticks recorded."""
+                            reason: str, state: str = "missed") -> list[float]:
+        """Record the ticks nobody ran as missed (or, paused, as skipped); the ticks
+        recorded."""
+
+    # --- fleet control -------------------------------------------------------------------------
+
+    def control(self) -> FleetControl:
+        """The pauses, drains and handovers as of the last sync (read-only; `watch` it to
+        hear each change)."""
 
     # --- coordinated workers -------------------------------------------------------------------
 

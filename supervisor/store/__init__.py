@@ -45,6 +45,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from supervisor.store.records import (
     ClaimOutcome,
+    ControlAction,
+    ControlEntry,
+    ControlState,
     CoordAssigned,
     CoordGeneration,
     CoordMember,
@@ -60,6 +63,7 @@ from supervisor.store.records import (
     LeaseState,
     NodeFacts,
     NodeMember,
+    NodeReport,
     SyncRefusal,
     SyncResult,
     TermRecord,
@@ -119,6 +123,8 @@ class CoordinationStore(Protocol):
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
         cron_workers: Sequence[str] = (),
+        control_since: int | None = None,
+        report: NodeReport | None = None,
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` leases and running cron `runs`, and try `wanted`, in
@@ -148,6 +154,11 @@ class CoordinationStore(Protocol):
         Cron triggers: the open triggers (`cron_trigger`) of the workers in
         `cron_workers` are read in the same transaction, inside their grace, oldest
         first, into `SyncResult.triggers` (one indexed read; nothing when empty).
+        Fleet control, in the same transaction: with `control_since` (a version the node
+        last saw, -1 at first) the control state is read and returned in
+        `SyncResult.control` when its version differs, else None (a point read of one
+        version row: cheap while nothing changes). `report`, when given, is written to
+        this holder's membership row (the node sends it only when it changed).
         """
 
     def node_leave(self, holder: Holder) -> None:
@@ -285,11 +296,14 @@ class CoordinationStore(Protocol):
         *,
         grace: float,
         reason: str,
+        state: str = "missed",
         now: float | None = None,
     ) -> list[float]:
         """Record each of `ticks` that is past its grace (`tick + grace <= now`, database
-        time) and has neither a run nor a tick-level record as `missed` (slot -1, with
-        `reason`), in one transaction; ticks still inside their grace are left alone.
+        time) and has neither a run nor a tick-level record as `state` (slot -1, with
+        `reason`), in one transaction: `missed`, or `skipped` (a paused worker's ticks,
+        recorded with grace 0 as they come, so that nothing claims or replays them); ticks
+        still inside their grace are left alone.
         Returns the ticks this call recorded, sorted. Safe when many nodes call it at once
         and while others claim: a tick gets at most one tick-level record, and never one
         beside a run."""
@@ -349,6 +363,29 @@ class CoordinationStore(Protocol):
         """Published generations, newest first; `worker_key` selects the key itself and
         its per-group keys (`worker_key/group`)."""
 
+    def control_set(self, kind: str, target: str, group: str, *, user: str, host: str,
+                    reason: str, stop_running: bool = False, hold_out: float | None = None,
+                    holder_nonce: str | None = None, now: float | None = None
+                    ) -> ControlEntry:
+        """Stand a control request (kind pause, drain or handover; see `ControlEntry`),
+        replacing the one of the same (kind, target, group), requested now (database
+        time); a handover's `until` is now + `hold_out`. In one transaction it also logs
+        the action (`control_log`: the kind as the action, `user` and `host` as the
+        client declared them) and bumps the control version, so every node's next sync
+        reads it. ValueError for another kind; a value too long for its column is
+        refused (StoreRefused) before anything is written."""
+
+    def control_clear(self, kind: str, target: str, group: str, *, user: str, host: str,
+                      reason: str, now: float | None = None) -> bool:
+        """Lift the request of (kind, target, group), logging the action (`resume`,
+        `undrain`) and bumping the version even when there was none; True if one stood."""
+
+    def control_state(self) -> ControlState:
+        """Every standing control request, with the current version."""
+
+    def control_log(self, *, limit: int = 100) -> list[ControlAction]:
+        """Recorded control actions, newest first."""
+
     def interrupt(self) -> None:
         """Cut the calls in flight (from another thread): their callers gave up on them.
         Each cut call fails at once and its connection is discarded."""
@@ -359,6 +396,9 @@ class CoordinationStore(Protocol):
 
 __all__ = [
     "ClaimOutcome",
+    "ControlAction",
+    "ControlEntry",
+    "ControlState",
     "CoordAssigned",
     "CoordGeneration",
     "CoordMember",
@@ -375,6 +415,7 @@ __all__ = [
     "LeaseState",
     "NodeFacts",
     "NodeMember",
+    "NodeReport",
     "SyncRefusal",
     "SyncResult",
     "TermRecord",

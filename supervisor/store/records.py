@@ -73,6 +73,10 @@ class NodeMember:
     release: str | None = None
     tz_source: str | None = None
     tz_version: str | None = None
+    # What the node last reported (fleet control, migration 0009): "" not draining,
+    # "acknowledged" (draining, still holding something), "drained" (holding nothing).
+    drain: str = ""
+    summary: str | None = None  # its workers' states, compact JSON (None: not reported)
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,9 @@ class SyncResult:
     refused: tuple[SyncRefusal, ...] = ()
     # Open triggers of the cron workers the node passed (`cron_workers`), by id.
     triggers: tuple[CronTrigger, ...] = ()
+    # Fleet control (store/sql_control.py): the whole state when its version differs
+    # from the `control_since` the node passed; None when unchanged or not asked.
+    control: ControlState | None = None
 
 
 @dataclass(frozen=True)
@@ -296,3 +303,55 @@ def publish_indexes(expected: int, members: Sequence[Holder], count: int,
         raise ValueError(f"indexes {list(indexes)} are not one per member, distinct "
                          f"and in 0..{count - 1}")
     return list(indexes)
+
+
+@dataclass(frozen=True)
+class ControlEntry:
+    """One standing fleet-control request (a row of fs_control).
+
+    kind "pause": worker `target` is paused on the nodes of `group` ("" every group);
+    kind "drain": node `target` gives up what it holds (group "");
+    kind "handover": the holder `holder_nonce` of worker `target`'s lease in `group`
+    ("" its fleet-wide lease) gives it up and stays out until `until` (database time)."""
+
+    kind: str
+    target: str
+    group: str
+    reason: str
+    actor_user: str
+    actor_host: str
+    requested_at: float
+    stop_running: bool = False
+    until: float | None = None
+    holder_nonce: str | None = None
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """Every standing control request, and the version they were read at (it grows with
+    every control write)."""
+
+    version: int
+    entries: tuple[ControlEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlAction:
+    """One recorded control action (fs_control_log): who asked what, when and why. The
+    user and host are what the client declared, not authenticated."""
+
+    at: float
+    action: str  # pause | resume | drain | undrain | handover
+    target: str
+    group: str
+    actor_user: str
+    actor_host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a node writes into its membership rows with a sync, only when it changed."""
+
+    drain: str = ""  # "", "acknowledged", "drained"
+    summary: str | None = None

@@ -57,6 +57,11 @@ members = Table(
     Column("release", String(32)),
     Column("tz_source", String(32)),
     Column("tz_version", String(32)),
+    # What the node reports with its sync, written only when it changed (migration 0009):
+    # its drain acknowledgement ("acknowledged", "drained"; NULL or "": not draining) and
+    # a compact JSON summary of its workers' states.
+    Column("drain_state", String(16)),
+    Column("summary", Text),
 )
 
 # Facts about the schema itself (migration 0007), name -> value. "min_release": the oldest
@@ -192,4 +197,42 @@ coord_generations = Table(  # history: one row per published generation
     Column("members", LONG_TEXT, nullable=False),  # JSON [[node, group, pid, nonce], ...]
     Column("published_at", Double, nullable=False),
     Column("ended_at", Double),  # when the next generation was published
+)
+
+# Fleet control (migration 0009): the standing requests, one row per (kind, target, group).
+control = Table(
+    "fs_control",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # pause | drain | handover
+    Column("target", String(255), primary_key=True),  # worker, or node id (drain)
+    Column("group_name", String(200), primary_key=True),  # "" every group
+    Column("reason", String(255), nullable=False),
+    Column("actor_user", String(200), nullable=False),
+    Column("actor_host", String(255), nullable=False),
+    Column("requested_at", Double, nullable=False),
+    Column("stop_running", SmallInteger, nullable=False, default=0),
+    Column("until_at", Double),  # handover: the old holder stays out until then
+    Column("holder_nonce", String(64)),  # handover: the holder asked to hand over
+)
+
+# One row (id 1): a number every control write bumps, so a node's sync reads the
+# control rows only when they changed since it last did.
+control_version = Table(
+    "fs_control_version",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("version", BigInteger, nullable=False, default=0),
+)
+
+control_log = Table(  # history: append-only, one row per control action
+    "fs_control_log",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("at", Double, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("group_name", String(200), nullable=False),
+    Column("actor_user", String(200), nullable=False),
+    Column("actor_host", String(255), nullable=False),
+    Column("reason", String(255), nullable=False),
 )

@@ -10,6 +10,7 @@ differs per database):
     sql_cron.py    CronSql    cron runs
     sql_coord.py   CoordSql   coordinated memberships, generations and assignments
     sql_coord_slots.py  CoordSlotSql  coordinated slots, behind the barrier
+    sql_control.py ControlSql fleet control: pauses, drains, handovers, the control log
 
 Contracts are in `supervisor.store`; what this module adds:
 
@@ -40,6 +41,9 @@ from supervisor.errors import SchemaMissing, StoreError
 from supervisor.model import mask_url
 from supervisor.store import (
     ClaimOutcome,
+    ControlAction,
+    ControlEntry,
+    ControlState,
     CoordGeneration,
     CoordSlot,
     CoordStatus,
@@ -50,6 +54,7 @@ from supervisor.store import (
     Lease,
     LeaseState,
     NodeMember,
+    NodeReport,
     SyncResult,
     TermRecord,
     TriggerRequest,
@@ -59,6 +64,7 @@ from supervisor.store.database import MIGRATE_LOCK, MYSQL_MIGRATE_LOCK, Database
 from supervisor.store.dialect import clock
 from supervisor.store.drivers import require_driver
 from supervisor.store.refusals import Apart
+from supervisor.store.sql_control import ControlSql
 from supervisor.store.sql_coord import CoordSql
 from supervisor.store.sql_coord_slots import CoordSlotSql
 from supervisor.store.sql_cron import CronSql
@@ -102,6 +108,7 @@ class SqlStore:
         self._triggers = TriggerSql(self._db, self._cron)
         self._slots = CoordSlotSql(self._db)
         self._coord = CoordSql(self._db, self._slots)
+        self._control = ControlSql(self._db)
 
     # --- connections -------------------------------------------------------------------------
 
@@ -205,6 +212,8 @@ class SqlStore:
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
         cron_workers: Sequence[str] = (),
+        control_since: int | None = None,
+        report: NodeReport | None = None,
         now: float | None = None,
     ) -> SyncResult:
         """One transaction, no savepoints; if a refused row failed it, once more with each
@@ -213,6 +222,8 @@ class SqlStore:
 
         def work(conn: Connection, apart: Apart | None) -> SyncResult:
             db_now = self._nodes.heartbeat(conn, holder, ttl, now)
+            if report is not None:
+                self._control.report(conn, holder, report)
             kept, acquired = self._leases.sync(conn, apart, holder, held, wanted, ttl, now)
             runs_kept, runs_stop = self._cron.sync(conn, apart, holder, runs, ttl, now)
             coord, slots_kept = self._coord.sync(
@@ -226,7 +237,9 @@ class SqlStore:
                 coord=coord, slots_kept=slots_kept,
                 slots_lost=tuple(key for key in slots if key not in slots_kept),
                 refused=() if apart is None else tuple(apart.refused),
-                triggers=self._triggers.pending(conn, cron_workers, now))
+                triggers=self._triggers.pending(conn, cron_workers, now),
+                control=None if control_since is None else self._control.state(conn,
+                                                                                control_since))
 
         try:
             return self._db.run(lambda conn: work(conn, None))
@@ -337,9 +350,10 @@ class SqlStore:
 
     def cron_record_missed(
         self, worker: str, ticks: Sequence[float], *, grace: float, reason: str,
-        now: float | None = None,
+        state: str = "missed", now: float | None = None,
     ) -> list[float]:
-        return self._cron.cron_record_missed(worker, ticks, grace=grace, reason=reason, now=now)
+        return self._cron.cron_record_missed(worker, ticks, grace=grace, reason=reason,
+                                             state=state, now=now)
 
     # --- coordinated -------------------------------------------------------------------------
 
@@ -371,3 +385,25 @@ class SqlStore:
     ) -> list[CoordGeneration]:
         return self._coord.coord_generations(worker_key=worker_key, limit=limit)
 
+
+    # --- fleet control -------------------------------------------------------------------------
+
+    def control_set(self, kind: str, target: str, group: str, *, user: str, host: str,
+                    reason: str, stop_running: bool = False, hold_out: float | None = None,
+                    holder_nonce: str | None = None, now: float | None = None
+                    ) -> ControlEntry:
+        return self._control.control_set(kind, target, group, user=user, host=host,
+                                         reason=reason, stop_running=stop_running,
+                                         hold_out=hold_out, holder_nonce=holder_nonce,
+                                         now=now)
+
+    def control_clear(self, kind: str, target: str, group: str, *, user: str, host: str,
+                      reason: str, now: float | None = None) -> bool:
+        return self._control.control_clear(kind, target, group, user=user, host=host,
+                                           reason=reason, now=now)
+
+    def control_state(self) -> ControlState:
+        return self._control.control_state()
+
+    def control_log(self, *, limit: int = 100) -> list[ControlAction]:
+        return self._control.control_log(limit=limit)

@@ -61,6 +61,9 @@ _SINCE_0010 = ("child_pid", "trigger_id", "id", "t_worker", "trigger_key", "requ
                "grace", "actor_user", "actor_host", "t_reason")
 
 
+TICK_STATES = ("missed", "skipped")  # what cron_record_missed may record
+
+
 class CronSql:
     """The cron part of SqlStore, on the database it is given."""
 
@@ -316,14 +319,18 @@ class CronSql:
         *,
         grace: float,
         reason: str,
+        state: str = "missed",
         now: float | None = None,
     ) -> list[float]:
+        if state not in TICK_STATES:
+            raise ValueError(f"a tick-level record is one of {TICK_STATES}, not {state!r}")
+
         def work(conn: Connection) -> list[float]:
             db_now = float(conn.execute(select(clock(now))).scalar_one())
             # In tick order, so that callers with overlapping lists queue, never deadlock.
             return [tick for tick in sorted(set(ticks))
                     if db_now >= tick + grace  # the claim's own test for "past grace"
-                    and self._record_tick(conn, worker, tick, "missed", reason, now)]
+                    and self._record_tick(conn, worker, tick, state, reason, now)]
 
         return self._db.run(work)
 

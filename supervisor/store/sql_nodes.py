@@ -57,7 +57,8 @@ class NodeSql:
             )
             return [NodeMember(Holder(r.node_id, r.group_name, r.pid, r.nonce),
                            float(r.started_at), float(r.expires_at),
-                           r.release, r.tz_source, r.tz_version) for r in rows]
+                           r.release, r.tz_source, r.tz_version, r.drain_state or "",
+                           r.summary) for r in rows]
 
     def prune(self, conn: Connection, now: float | None) -> None:
         """Delete the rows of processes that stopped heartbeating."""

@@ -118,3 +118,26 @@ def test_the_cron_period_is_the_longest_gap_between_coming_ticks() -> None:
     monday = 1736121600.0  # 2025-01-06T00:00:00Z, a Monday
     assert cron_period("0 9 * * 1-5", "UTC", now=monday) == 3 * 86400  # Friday to Monday
     assert cron_period("@every 90s", "UTC", now=monday) == 90
+
+
+def test_paused_and_draining_follow_what_the_node_sync_read() -> None:
+    from supervisor.model import FleetControlSeen
+
+    metrics = fresh()
+    assert sample(metrics, "supervisor_paused", worker="tick") == 0
+    assert sample(metrics, "supervisor_paused", worker="web") is None  # every-node
+    assert sample(metrics, "supervisor_draining") == 0
+    metrics(FleetControlSeen("", frozenset({"tick", "gone"}), True))
+    assert sample(metrics, "supervisor_paused", worker="tick") == 1
+    assert sample(metrics, "supervisor_paused", worker="coord") == 0
+    assert sample(metrics, "supervisor_paused", worker="gone") is None  # not configured
+    assert sample(metrics, "supervisor_draining") == 1
+    metrics(FleetControlSeen("", frozenset(), False))
+    assert sample(metrics, "supervisor_paused", worker="tick") == 0
+    assert sample(metrics, "supervisor_draining") == 0
+
+
+def test_a_tick_skipped_because_paused_counts_as_skipped() -> None:
+    metrics = fresh()
+    metrics(CronClaimed("tick", 1.0, "paused"))
+    assert sample(metrics, "supervisor_cron_runs_total", worker="tick", outcome="skipped") == 1

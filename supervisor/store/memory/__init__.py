@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 
 from supervisor.store import (
     ClaimOutcome,
+    ControlAction,
+    ControlEntry,
+    ControlState,
     CoordGeneration,
     CoordinationStore,
     CoordSlot,
@@ -36,10 +39,12 @@ from supervisor.store import (
     Lease,
     LeaseState,
     NodeMember,
+    NodeReport,
     SyncResult,
     TermRecord,
     TriggerRequest,
 )
+from supervisor.store.memory import control
 from supervisor.store.memory.coord import CoordTables
 from supervisor.store.memory.cron import FINAL_STATES, CronTables
 from supervisor.store.memory.leases import LeaseTables
@@ -60,6 +65,7 @@ class MemoryStore:
         self._cron = CronTables()
         self._triggers = TriggerTables(self._cron)
         self._coord = CoordTables()
+        self._control = control.ControlTables()
 
     def _at(self, now: float | None) -> float:
         return self._clock() if now is None else now
@@ -129,6 +135,8 @@ class MemoryStore:
         coord_slots: Sequence[CoordSlot] = (),
         coord_watch: Sequence[str] | None = None,
         cron_workers: Sequence[str] = (),
+        control_since: int | None = None,
+        report: NodeReport | None = None,
         now: float | None = None,
     ) -> SyncResult:
         """Heartbeat, renew `held` and `runs`, try `wanted` (existing rows only), renew
@@ -136,6 +144,8 @@ class MemoryStore:
         with self._lock:
             clock = self._at(now)
             self._leases.heartbeat(holder, ttl, clock)
+            if report is not None:
+                control.report(self._leases.members.get(holder.nonce), report)
             kept = self._leases.renew(holder, {lease.name: lease.term for lease in held},
                                       ttl, clock)
             acquired = self._leases.acquire(wanted, holder, ttl, clock)
@@ -143,6 +153,7 @@ class MemoryStore:
             coord, slots_kept = self._coord.sync(holder, coord_members, coord_watch,
                                                  coord_slots, ttl, clock)
             triggers = self._triggers.pending(cron_workers, clock)
+            seen = None if control_since is None else self._control.state(control_since)
         slots = dict.fromkeys((slot.worker_key, slot.index) for slot in coord_slots)
         return SyncResult(
             db_now=clock, kept=kept, acquired=acquired,
@@ -151,7 +162,8 @@ class MemoryStore:
             runs_lost=tuple(run.token for run in runs if run.token not in runs_kept),
             coord=coord, slots_kept=slots_kept,
             slots_lost=tuple(key for key in slots if key not in slots_kept),
-            triggers=triggers)
+            triggers=triggers,
+            control=seen)
 
     def node_leave(self, holder: Holder) -> None:
         with self._lock:
@@ -259,10 +271,13 @@ class MemoryStore:
         *,
         grace: float,
         reason: str,
+        state: str = "missed",
         now: float | None = None,
     ) -> list[float]:
+        if state not in ("missed", "skipped"):
+            raise ValueError(f"a tick-level record is missed or skipped, not {state!r}")
         with self._lock:
-            return self._cron.record_missed(worker, ticks, grace, reason, self._at(now))
+            return self._cron.record_missed(worker, ticks, grace, reason, self._at(now), state)
 
     # --- coordinated workers ---------------------------------------------------------------
 
@@ -312,6 +327,34 @@ class MemoryStore:
     ) -> list[CoordGeneration]:
         with self._lock:
             return self._coord.history(worker_key, limit)
+
+    # --- fleet control ---------------------------------------------------------------------
+
+    def control_set(self, kind: str, target: str, group: str, *, user: str, host: str,
+                    reason: str, stop_running: bool = False, hold_out: float | None = None,
+                    holder_nonce: str | None = None, now: float | None = None
+                    ) -> ControlEntry:
+        with self._lock:
+            return self._control.set(kind, target, group, user=user, host=host, reason=reason,
+                                     stop_running=stop_running, hold_out=hold_out,
+                                     holder_nonce=holder_nonce, clock=self._at(now))
+
+    def control_clear(self, kind: str, target: str, group: str, *, user: str, host: str,
+                      reason: str, now: float | None = None) -> bool:
+        with self._lock:
+            return self._control.clear(kind, target, group, user=user, host=host,
+                                       reason=reason, clock=self._at(now))
+
+    def control_state(self) -> ControlState:
+        with self._lock:
+            state = self._control.state(None)
+        if state is None:  # pragma: no cover - `since` None never matches a version
+            raise RuntimeError("no control state")
+        return state
+
+    def control_log(self, *, limit: int = 100) -> list[ControlAction]:
+        with self._lock:
+            return self._control.history(limit)
 
 
 def _conforms(store: MemoryStore) -> CoordinationStore:

@@ -145,10 +145,10 @@ class CronTables:
         return True
 
     def record_missed(self, worker: str, ticks: Sequence[float], grace: float, reason: str,
-                      clock: float) -> list[float]:
+                      clock: float, state: str = "missed") -> list[float]:
         return [tick for tick in sorted(set(ticks))
                 if clock >= tick + grace  # the claim's own test for "past grace"
-                and self.record_tick(worker, tick, "missed", reason, clock)]
+                and self.record_tick(worker, tick, state, reason, clock)]
 
     def recorded(self, worker: str, since: float) -> CronRecorded:
         ticks = [r.tick for r in self.rows.values()

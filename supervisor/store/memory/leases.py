@@ -61,6 +61,8 @@ class MemberRow:
     started_at: float
     expires_at: float
     facts: NodeFacts
+    drain: str = ""  # what the node reports (fleet control; memory/control.py)
+    summary: str | None = None
 
 
 class LeaseTables:
@@ -162,7 +164,8 @@ class LeaseTables:
         rows = sorted((r for r in self.members.values() if r.expires_at > clock),
                       key=lambda r: (r.holder.node_id, r.started_at))
         return [NodeMember(r.holder, r.started_at, r.expires_at, r.facts.release,
-                       r.facts.tz_source, r.facts.tz_version) for r in rows]
+                           r.facts.tz_source, r.facts.tz_version, r.drain, r.summary)
+                for r in rows]
 
     # --- upkeep ----------------------------------------------------------------------------
 
