@@ -245,8 +245,9 @@ class Supervisor:
                 timing,
                 self._publish, history_keep=self.node.history.keep,
             )
+            # What `supervisor ps` shows of each worker, published with the node's sync.
             self._node_sync.worker_states = lambda: {
-                name: str(worker.state) for name, worker in self._workers.items()}
+                row["worker"]: row["role"] for row in self.worker_rows()}
             self._node_sync_task = self._group.create_task(self._node_sync.run(),
                                                            name="node-sync")
         return self._node_sync
@@ -409,8 +410,13 @@ class Supervisor:
     # --- the control socket (supervisor.control) ------------------------------------------
 
     def is_paused(self, name: str) -> bool:
-        """Hook for fleet-wide control (pause): whether `name` is paused."""
-        return False
+        """Whether `name` is paused on this node's group by fleet control, as of the
+        node's last sync (an every-node worker never is)."""
+        sync = self._node_sync
+        spec = self.node.workers.get(name)
+        if sync is None or spec is None or spec.mode is Mode.EVERY_NODE:
+            return False
+        return sync.fleet.pause_of(name) is not None
 
     def worker_rows(self) -> list[dict[str, Any]]:
         """Every worker of this node as `supervisor ps` shows it (plain dicts)."""

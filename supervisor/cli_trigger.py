@@ -13,12 +13,13 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import sys
 import uuid
 from pathlib import Path
 
 import click
 
-from supervisor.cli_common import config_option, fail, load_settings, open_store
+from supervisor.cli_common import EXIT_RUNTIME, config_option, fail, load_settings, open_store
 from supervisor.model import Mode, format_utc
 
 KEY_MAX = 64  # fs_cron_triggers.trigger_key
@@ -66,6 +67,13 @@ def trigger(config_path: Path, worker: str, reason: str | None, key: str | None,
         fail(f"--reason is at most 255 characters, not {len(reason)}")
     user, host = actor()
     with open_store(config_path) as store:
+        paused = next((e for e in store.control_state().entries if e.kind == "pause"
+                       and e.target == worker and e.group == ""), None)
+        if paused is not None:  # no node would run it: refused rather than recorded missed
+            click.echo(f"error: {worker} is paused (by {paused.actor_user}@"
+                       f"{paused.actor_host}{': ' + paused.reason if paused.reason else ''}):"
+                       f" resume it first", err=True)
+            sys.exit(EXIT_RUNTIME)
         made = store.cron_trigger(worker, key or uuid.uuid4().hex, actor_user=user,
                                   actor_host=host, reason=reason, grace=spec.misfire_grace)
     got = made.trigger

@@ -205,6 +205,11 @@ class CronMode:
         spec = self._spec
         pending, self._triggers = self._triggers, {}
         self._trigger_wake.clear()
+        if self._node.control().cron_blocked(self._worker) is not None:
+            # Paused or draining here: left to the other nodes, or to after a resume
+            # within the trigger's grace; the next sync delivers them again.
+            self._seen -= pending.keys()
+            return
         for trigger in pending.values():
             for _ in range(spec.max_per_node):
                 sent = self._node.stamp()

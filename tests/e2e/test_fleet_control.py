@@ -132,6 +132,14 @@ def test_status_shows_the_pause(fleet: Fleet) -> None:
     assert "@" in paused["by"]
     assert "why not" in ok(config, "status")
 
+    def role() -> str:  # as this node's supervisor shows it, through its control socket
+        rows = json.loads(ok(config, "ps", "--json"))
+        return str(next(r["role"] for r in rows["workers"] if r["worker"] == "probe"))
+
+    wait_until(lambda: role() == "paused", REACH + SLACK, "ps showing the probe paused")
+    ok(config, "resume", "probe")
+    wait_until(lambda: role() == "leader", REACH + SLACK, "ps showing the probe leading")
+
 
 # --- handover --------------------------------------------------------------------------------
 
@@ -322,7 +330,7 @@ def test_status_shows_every_worker_on_every_node(tmp_path: Path, database_url: s
             return {n["node_id"]: n["workers"] for n in data["nodes"]}
 
         wait_until(lambda: sorted(
-            (w or {}).get("probe", "") for w in workers().values()) == ["running", "waiting"]
+            (w or {}).get("probe", "") for w in workers().values()) == ["follower", "leader"]
             and all((w or {}).get("local") == "running" for w in workers().values()),
             20, "both nodes' workers in status")
         ok(config, "pause", "probe")
@@ -369,7 +377,7 @@ def test_a_drained_node_keeps_its_every_node_workers(tmp_path: Path, database_ur
         data = json.loads(ok(node.config, "status", "--json"))
         (row,) = data["nodes"]
         wait_until(lambda: json.loads(ok(node.config, "status", "--json"))["nodes"][0][
-            "workers"] == {"local": "running", "probe": "waiting"}, 10, "status")
+            "workers"] == {"local": "running", "probe": "follower"}, 10, "status")
         assert row["drain"] == "drained"
         assert node.running.text().count("local | ready") == 1  # never restarted
 

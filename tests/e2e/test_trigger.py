@@ -212,3 +212,27 @@ def test_a_trigger_without_a_running_fleet_is_recorded_missed_after_its_grace(
         store.close()
     shown = supervisor("history", "job", config=cfg).stdout
     assert "triggered missed" in shown and "nobody home" in shown
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite", "mariadb"])
+def test_a_worker_paused_on_every_group_is_not_triggered(tmp_path, database_url) -> None:
+    """No node would run it: refused (exit 1, saying who paused it), nothing recorded;
+    once resumed, the same request goes through."""
+    from supervisor.store.sql import SqlStore
+
+    cfg = tmp_path / "supervisor.toml"
+    cfg.write_text(CONFIG.format(url=database_url))
+    assert supervisor("db", "upgrade", config=cfg).returncode == 0
+    assert supervisor("pause", "job", "--reason", "migration", config=cfg).returncode == 0
+    done = supervisor("trigger", "job", "--key", "after-migration", config=cfg)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "job is paused" in done.stderr and "migration" in done.stderr
+    assert "Traceback" not in done.stderr
+    store = SqlStore(database_url)
+    try:
+        assert store.cron_runs(worker="job") == []
+    finally:
+        store.close()
+    assert supervisor("resume", "job", config=cfg).returncode == 0
+    done = supervisor("trigger", "job", "--key", "after-migration", config=cfg)
+    assert done.returncode == 0 and "triggered job" in done.stdout, done.stderr

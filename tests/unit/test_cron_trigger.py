@@ -147,3 +147,27 @@ def test_a_leader_records_its_latest_childs_pid_on_its_term_only_while_it_holds_
         return seen
 
     assert asyncio.run(main()) == [None, 4343, 4343]
+
+
+def test_a_draining_node_leaves_a_trigger_to_the_others_and_claims_it_once_undrained() -> None:
+    async def main() -> tuple[int, int, list[RunGrant]]:
+        store = MemoryStore()
+        n = await node(store, cron_spec(cron=HOURLY), db_now=EPOCH + 5)
+        me = n.keeper.holder.node_id
+        store.memory.control_set("drain", me, "", user="alice", host="laptop", reason="")
+        await store.until(lambda: n.keeper.fleet.draining() is not None)
+        request(store)
+        syncs = len(store.attempts("node_sync"))
+        waiting = asyncio.create_task(n.mode.next_runs())
+        await store.until(lambda: len(store.attempts("node_sync")) >= syncs + 5)
+        claims_while_draining = len(store.attempts("cron_claim_trigger"))
+        done_while_draining = int(waiting.done())
+        store.memory.control_clear("drain", me, "", user="alice", host="laptop", reason="")
+        grants = await waiting
+        await n.stop()
+        return claims_while_draining, done_while_draining, grants
+
+    claims, done, grants = run_virtual(main())
+    assert claims == 0 and done == 0  # delivered each sync, never claimed while draining
+    [grant] = grants
+    assert grant.run.trigger is not None
