@@ -189,6 +189,9 @@ class Supervisor:
                 self._group = group
                 sides = [group.create_task(side(), name="side")
                          for side in (*side_tasks, control.serve)]
+                # Said once the control socket is bound: a node refused for it starts nothing.
+                log.info("node %s in group %s: starting %d workers", self.node.node_id,
+                         self.node.group, len(self.node.workers))
                 for name, spec in self.node.workers.items():
                     self._start_worker(name, spec)
                 await self._stopping.wait()

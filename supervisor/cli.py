@@ -270,9 +270,6 @@ async def _serve(spec: NodeSpec, config_path: Path, output: Output) -> int:
             )
             return EXIT_RUNTIME
         sides.append(server.serve)
-    logging.getLogger("supervisor").info(
-        "node %s in group %s: starting %d workers", spec.node_id, spec.group, len(spec.workers),
-    )
     return await supervisor.run(sides)
 
 

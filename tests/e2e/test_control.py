@@ -241,6 +241,7 @@ def test_a_socket_directory_of_another_uid_refuses_to_start(
     assert run.wait() == 2
     assert f"control socket directory {own} belongs to uid {NOBODY}" in run.text()
     assert "refusing to start" in run.text()
+    assert "starting 1 workers" not in run.text()  # never said, since nothing starts
     assert not marker.exists()  # nothing started
 
 
@@ -265,6 +266,7 @@ def test_a_stale_socket_is_replaced_and_a_live_one_refuses_a_second_supervisor(
     sock = control_dir / "fleet-supervisor" / "ctl-s.sock"
     second = supervisor_run(config, name="other.toml")  # the same node_id on this host
     assert second.wait() == 1
+    assert "starting 1 workers" not in second.text()
     assert f"a supervisor is already running for node ctl-s on this host (it answers on " \
            f"{sock})" in second.text()
     first.kill_all()  # SIGKILL to the supervisor and its children: the socket stays
@@ -504,9 +506,14 @@ def test_without_node_id_in_the_file_ps_finds_the_node_by_hostname_as_run_does(
 def test_backoff_and_given_up_show_in_ps_and_restart_ends_either_at_once(
         tmp_path: Path, supervisor_run: Callable[..., Running]) -> None:
     crash = '["sh", "-c", "echo up; sleep 0.5; exit 1"]'
+    # flaky fails twice, then (its start that `restart` asks for) stays up, so that the
+    # restart count read after it cannot have moved on by another failure meanwhile
+    starts = tmp_path / "flaky-starts"
+    twice = ('["sh", "-c", "echo up; echo x >> ' + str(starts) + '; '
+             '[ $(wc -l < ' + str(starts) + ') -gt 2 ] && exec sleep 1000; sleep 0.5; exit 1"]')
     run = supervisor_run(
         'node_id = "ctl-b"\n[metrics]\nenabled = false\n'
-        f'[workers.flaky]\ncommand = {crash}\nbackoff = {{ initial = "1h", max = "1h" }}\n'
+        f'[workers.flaky]\ncommand = {twice}\nbackoff = {{ initial = "1h", max = "1h" }}\n'
         f'[workers.doomed]\ncommand = {crash}\nmax_restarts = 1\n')
     config = tmp_path / "supervisor.toml"
     run.expect(r"flaky \| up")
