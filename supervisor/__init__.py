@@ -76,6 +76,24 @@ The modes
 Modes reach the database only through `port.NodePort` (an import-linter contract
 keeps it so); they ask for, keep and give up what they hold there.
 
+Operating a node and a fleet
+----------------------------
+
+- This node (`control/`): `supervisor run` binds a Unix socket (0600, the peer's uid
+  checked) before any worker starts; `supervisor ps|stop|start|restart|signal|logs`
+  (`cli_local.py`) talk to it in JSON lines. The Supervisor answers (`app.py`): a stop
+  goes the way a reload's does (the lease released once the child is dead), a restart
+  restarts the child under the grant it holds, `logs` reads per-worker ring buffers.
+- The fleet (`coordination/control.py`, `store/sql_control.py`): `supervisor pause|
+  resume|handover|drain|undrain` (`cli_fleet.py`) write control rows; each node reads
+  them in its one sync (only when their version moved) and obeys them like any loss of
+  a hold: blocked leases are neither tried nor kept (released once the child is dead),
+  paused or draining coordinated members leave, paused cron ticks are recorded skipped.
+  Each node publishes its workers' roles with its sync, so `status` shows them all.
+- `supervisor trigger` (`cli_trigger.py`, `store/sql_triggers.py`): a request row the
+  node syncs deliver to the cron modes, claimed like a tick (its runs keyed at tick
+  `-id`, apart from every schedule tick).
+
 Words
 -----
 
@@ -108,9 +126,11 @@ Where things live
 - Processes: `runner.py` (one child: spawn, stream, stop), `processes.py` (pre-exec
   setup, the pid record, PID-1 reaping), `watchdog.py` (the watchdog process) and
   `watchdog_client.py` (its supervisor end), `output.py` (output that never blocks).
-- Wiring: `app.py` (the Supervisor: workers to modes, signals, reload); `cli.py` (the
-  only place that reads argv); `metrics.py`, `http.py`, `logs.py` subscribe to events;
-  `fleetview.py` / `fleettext.py` are `status` and `history`.
+- Wiring: `app.py` (the Supervisor: workers to modes, signals, reload, the control
+  socket's requests); `cli.py` (the only place that reads argv) with the command modules
+  `cli_local.py`, `cli_fleet.py`, `cli_trigger.py` and what they share, `cli_common.py`;
+  `metrics.py`, `http.py`, `logs.py` subscribe to events; `fleetview.py` /
+  `fleettext.py` are `status` and `history`.
 
 A module imports only from the layers listed after it in pyproject.toml's
 import-linter contract.
