@@ -8,6 +8,9 @@ running); 2 invalid input (a config problem or a usage error).
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +18,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from supervisor.errors import ConfigError, DriverMissing, StoreError
+from supervisor.errors import ConfigError, DriverMissing, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from supervisor.config import Settings
+    from supervisor.store import TriggerRequest
     from supervisor.store.sql import SqlStore
 
 EXIT_INVALID = 2
@@ -77,3 +81,32 @@ def load_settings(config_path: Path) -> Settings:
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_INVALID)
+
+
+def actor() -> tuple[str, str]:
+    """(user, host) as this client declares them: recorded with a control action, not
+    authenticated."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        user = f"uid {os.getuid()}"
+    return user, socket.gethostname()
+
+
+TRIGGER_ATTEMPTS = 3  # a request whose answer was lost is sent again, with the same key
+
+
+def request_trigger(store: SqlStore, worker: str, key: str, *, reason: str | None,
+                    grace: float, attempts: int = TRIGGER_ATTEMPTS) -> TriggerRequest:
+    """Ask for one extra run of `worker`, retrying with the same idempotency key when the
+    database does not answer: a request that was written but whose answer was lost is
+    then found again (`created` False), never made twice."""
+    user, host = actor()
+    for attempt in range(1, attempts + 1):
+        try:
+            return store.cron_trigger(worker, key, actor_user=user, actor_host=host,
+                                      reason=reason, grace=grace)
+        except StoreUnavailable:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -13,17 +13,23 @@ timed out; 2 a worker not in the file, or an option that does not apply to it.
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from supervisor.cli_common import EXIT_RUNTIME, config_option, fail, load_settings, open_store
+from supervisor.cli_common import (
+    EXIT_RUNTIME,
+    actor,
+    config_option,
+    fail,
+    load_settings,
+    open_store,
+    request_trigger,
+)
 from supervisor.model import Mode, format_utc, parse_leader_lease
 from supervisor.spec import NodeSpec, WorkerSpec
 
@@ -39,15 +45,6 @@ group_option = click.option(
     help="Only on the nodes of this group (default: every group).")
 reason_option = click.option(
     "--reason", default="", metavar="TEXT", help="Why, recorded with the action.")
-
-
-def actor() -> tuple[str, str]:
-    """(user, host) as this client declares them: recorded, not authenticated."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        user = f"uid:{os.getuid()}"
-    return user, socket.gethostname()
 
 
 def has_control(store: SqlStore) -> bool:
@@ -112,21 +109,46 @@ def pause(config_path: Path, worker: str, group: str, reason: str,
 @click.argument("worker")
 @group_option
 @reason_option
-def resume(config_path: Path, worker: str, group: str, reason: str) -> None:
+@click.option("--catch-up", "catch_up", is_flag=True,
+              help="A cron worker whose ticks were skipped while paused runs once now, as "
+                   "`trigger` runs it (max_run and overlap apply).")
+def resume(config_path: Path, worker: str, group: str, reason: str, catch_up: bool) -> None:
     """Lift the pause of WORKER (of --group): it competes, joins or claims again within
-    one renew interval."""
+    one renew interval. The ticks a cron worker skipped while paused are not replayed,
+    unless --catch-up asks for one run now."""
     spec = _spec(config_path)
-    _worker(spec, worker, config_path)
+    worker_spec = _worker(spec, worker, config_path)
+    if catch_up and worker_spec.mode is not Mode.CRON:
+        fail(f"--catch-up is for cron workers; {worker!r} is {worker_spec.mode}")
     user, host = actor()
     with open_store(config_path) as store:
         require_control(store)
+        pause = next((e for e in store.control_state().entries if e.kind == "pause"
+                      and e.target == worker and e.group == group), None)
         found = store.control_clear("pause", worker, group, user=user, host=host,
                                     reason=reason)
+        caught = None
+        if catch_up and pause is not None and _skipped_since(store, worker,
+                                                             pause.requested_at):
+            why = "catch up after the pause" + (f": {reason}" if reason else "")
+            caught = request_trigger(store, worker, uuid.uuid4().hex, reason=why,
+                                     grace=worker_spec.misfire_grace)
     scope = f" in group {group!r}" if group else ""
     if found:
         click.echo(f"resumed {worker}{scope}")
     else:
         click.echo(f"{worker} was not paused{scope} (recorded anyway)")
+    if caught is not None:
+        click.echo(f"catching up: {worker} runs once now (trigger {caught.trigger.id})")
+    elif catch_up:
+        click.echo(f"nothing to catch up: no tick of {worker} was skipped while paused")
+
+
+def _skipped_since(store: SqlStore, worker: str, since: float) -> bool:
+    """Whether a tick of `worker` at or after `since` was recorded skipped for a pause."""
+    return any(run.state == "skipped" and run.tick >= since and run.trigger is None
+               and (run.reason or "").startswith("paused")
+               for run in store.cron_runs(worker=worker, limit=1000))
 
 
 @click.command()

@@ -10,30 +10,24 @@ command safe: a second request with the same key runs nothing and says so.
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
 import uuid
 from pathlib import Path
 
 import click
 
-from supervisor.cli_common import EXIT_RUNTIME, config_option, fail, load_settings, open_store
+from supervisor.cli_common import (
+    EXIT_RUNTIME,
+    config_option,
+    fail,
+    load_settings,
+    open_store,
+    request_trigger,
+)
 from supervisor.model import Mode, format_utc
 
 KEY_MAX = 64  # fs_cron_triggers.trigger_key
-
-
-def actor() -> tuple[str, str]:
-    """Who asks, as this client declares it: the login user and this host's name."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
-        import os
-
-        user = f"uid {os.getuid()}"
-    return user, socket.gethostname()
 
 
 @click.command()
@@ -65,7 +59,6 @@ def trigger(config_path: Path, worker: str, reason: str | None, key: str | None,
         fail(f"--key must be 1 to {KEY_MAX} characters, not {len(key)}")
     if reason is not None and len(reason) > 255:
         fail(f"--reason is at most 255 characters, not {len(reason)}")
-    user, host = actor()
     with open_store(config_path) as store:
         paused = next((e for e in store.control_state().entries if e.kind == "pause"
                        and e.target == worker and e.group == ""), None)
@@ -74,8 +67,8 @@ def trigger(config_path: Path, worker: str, reason: str | None, key: str | None,
                        f"{paused.actor_host}{': ' + paused.reason if paused.reason else ''}):"
                        f" resume it first", err=True)
             sys.exit(EXIT_RUNTIME)
-        made = store.cron_trigger(worker, key or uuid.uuid4().hex, actor_user=user,
-                                  actor_host=host, reason=reason, grace=spec.misfire_grace)
+        made = request_trigger(store, worker, key or uuid.uuid4().hex, reason=reason,
+                               grace=spec.misfire_grace)
     got = made.trigger
     if as_json:
         click.echo(json.dumps({

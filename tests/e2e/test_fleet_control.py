@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,9 +240,40 @@ def test_a_paused_cron_worker_runs_nothing_records_skipped_and_resumes(
     resumed = time.time()
     wait_until(lambda: any(e.kind == "start" and e.at > resumed for e in fleet.runs()),
                REACH + 1.0 + SLACK, "a run after resume")
-    # no skipped tick was replayed
+    # no skipped tick was replayed, and nothing ran for them in their stead
     ran = {e.tick for e in fleet.runs() if e.kind == "start"}
     assert not ran & {r.tick for r in skipped}
+    assert not [r for r in fleet.history() if r.trigger is not None]
+
+
+def test_resume_catch_up_runs_a_skipped_cron_worker_once_now(
+        make_cron: Callable[..., CronFleet]) -> None:
+    fleet = make_cron(cron="@every 2s", max_run=1, misfire_grace="1s", overlap="forbid",
+                      run_seconds=0.2, lock=True)
+    fleet.start_nodes("a", "b")
+    wait_until(lambda: len(fleet.runs()) >= 1, 30.0, "cron runs")
+    config = fleet.nodes["a"].config
+    ok(config, "pause", "job")
+    wait_until(lambda: any(r.state == "skipped" for r in fleet.history()), 20.0,
+               "a tick recorded skipped")
+    out = ok(config, "resume", "job", "--catch-up", "--reason", "after the backup")
+    assert "catching up: job runs once now" in out, out
+
+    def caught_up() -> list[Any]:
+        return [r for r in fleet.history() if r.trigger is not None]
+
+    wait_until(lambda: any(r.state == "succeeded" for r in caught_up()), REACH + SLACK + 2,
+               "the catch-up run")
+    (run,) = caught_up()  # max_run 1: one node ran it
+    assert run.trigger.reason == "catch up after the pause: after the backup"
+    assert not [e for e in fleet.runs() if e.kind == "OVERLAP"], fleet.report()
+    # a resume with nothing skipped catches nothing up (no node runs to skip a tick)
+    for node in fleet.nodes.values():
+        assert node.terminate() == 0
+    ok(config, "pause", "job")
+    out = ok(config, "resume", "job", "--catch-up")
+    assert "nothing to catch up" in out, out
+    assert len(caught_up()) == 1
 
 
 def test_pause_stop_running_stops_the_run_in_progress(
@@ -303,6 +335,8 @@ def test_bad_input_exits_2_with_a_message(fleet: Fleet) -> None:
     assert option.returncode == 2 and "--stop-running applies to cron" in option.stderr
     timeout = cli(config, "drain", "a", "--timeout", "3")
     assert timeout.returncode == 2 and "--timeout applies with --wait" in timeout.stderr
+    catch_up = cli(config, "resume", "probe", "--catch-up")
+    assert catch_up.returncode == 2 and "--catch-up is for cron workers" in catch_up.stderr
 
 
 # --- every worker on every node --------------------------------------------------------------
