@@ -123,8 +123,7 @@ def resume(config_path: Path, worker: str, group: str, reason: str, catch_up: bo
     user, host = actor()
     with open_store(config_path) as store:
         require_control(store)
-        pause = next((e for e in store.control_state().entries if e.kind == "pause"
-                      and e.target == worker and e.group == group), None)
+        pause = store.control_state().find("pause", worker, group)
         found = store.control_clear("pause", worker, group, user=user, host=host,
                                     reason=reason)
         caught = None

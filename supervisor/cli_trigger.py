@@ -25,6 +25,7 @@ from supervisor.cli_common import (
     open_store,
     request_trigger,
 )
+from supervisor.coordination.control import describe
 from supervisor.model import Mode, format_utc
 
 KEY_MAX = 64  # fs_cron_triggers.trigger_key
@@ -60,12 +61,9 @@ def trigger(config_path: Path, worker: str, reason: str | None, key: str | None,
     if reason is not None and len(reason) > 255:
         fail(f"--reason is at most 255 characters, not {len(reason)}")
     with open_store(config_path) as store:
-        paused = next((e for e in store.control_state().entries if e.kind == "pause"
-                       and e.target == worker and e.group == ""), None)
+        paused = store.control_state().find("pause", worker)
         if paused is not None:  # no node would run it: refused rather than recorded missed
-            click.echo(f"error: {worker} is paused (by {paused.actor_user}@"
-                       f"{paused.actor_host}{': ' + paused.reason if paused.reason else ''}):"
-                       f" resume it first", err=True)
+            click.echo(f"error: {worker} is {describe(paused)}: resume it first", err=True)
             sys.exit(EXIT_RUNTIME)
         made = request_trigger(store, worker, key or uuid.uuid4().hex, reason=reason,
                                grace=spec.misfire_grace)

@@ -286,6 +286,25 @@ class SyncRefusal:
     reason: str  # the database's words (a constraint, a value): never the URL or password
 
 
+# --- cron history: the states and reasons both stores write, so that histories read alike ---
+
+RUNNING = "running"
+FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
+MISSED_REASON = "nobody could run it within misfire_grace"
+SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
+FORBIDDEN_REASON = "overlap forbidden: a run of an earlier tick is still going"
+TRIGGER_FORBIDDEN_REASON = "overlap forbidden: another run of the worker is still going"
+LOST_REASON = "its node stopped renewing the run"
+# A tick-level record (or a trigger's) that decides a claim: the claim's result.
+DECIDED_RESULT = {"missed": "missed", "skipped": "overlap"}
+
+
+def require_final(state: str) -> None:
+    """A run ends as one of FINAL_STATES (cron_finish); ValueError otherwise."""
+    if state not in FINAL_STATES:
+        raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
+
+
 def publish_indexes(expected: int, members: Sequence[Holder], count: int,
                   indexes: Sequence[int | None] | None) -> list[int | None]:
     """The arguments of `coord_publish` checked (ValueError), and the index each member
@@ -333,6 +352,11 @@ class ControlState:
 
     version: int
     entries: tuple[ControlEntry, ...] = ()
+
+    def find(self, kind: str, target: str, group: str = "") -> ControlEntry | None:
+        """The request of exactly (kind, target, group), if it stands."""
+        return next((e for e in self.entries
+                     if (e.kind, e.target, e.group) == (kind, target, group)), None)
 
 
 @dataclass(frozen=True)

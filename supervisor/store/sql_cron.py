@@ -40,14 +40,18 @@ from supervisor.store import (
 )
 from supervisor.store.database import Database
 from supervisor.store.dialect import clock, new_claim
+from supervisor.store.records import (
+    DECIDED_RESULT,
+    FORBIDDEN_REASON,
+    LOST_REASON,
+    MISSED_REASON,
+    RUNNING,
+    SUPERSEDED_REASON,
+    require_final,
+)
 from supervisor.store.refusals import Apart, guarded, in_parts
 from supervisor.store.schema import cron_runs, cron_triggers
 
-RUNNING = "running"
-FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
-MISSED_REASON = "nobody could run it within misfire_grace"
-SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
-_REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> claim result
 OVERLAP_KEY = -0.5  # ticks are >= 0, a trigger's runs at -id <= -1: see `hold_overlap`
 
 
@@ -105,12 +109,12 @@ class CronSql:
                 return ClaimOutcome("missed")
             decided = self._tick_state(conn, worker, tick)
             if decided is not None:  # missed or skipped is final: never run late
-                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+                return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
             if forbid_overlap:  # a trigger's claim may be checking at this very moment
                 self.hold_overlap(conn, worker)
             if forbid_overlap and self._earlier_running(conn, worker, tick, now):
                 self._record_tick(conn, worker, tick, "skipped",
-                                  "overlap forbidden: a run of an earlier tick is still going",
+                                  FORBIDDEN_REASON,
                                   now)
                 return ClaimOutcome("overlap")
             if replace_earlier and self._later_ran(conn, worker, tick):
@@ -133,7 +137,7 @@ class CronSql:
         decided = self._tick_state(conn, worker, tick)
         if decided is not None:
             conn.execute(delete(cron_runs).where(cron_runs.c.token == run.token))
-            return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
         if replace_earlier and self._later_ran(conn, worker, tick):
             conn.execute(delete(cron_runs).where(cron_runs.c.token == run.token))
             self._record_tick(conn, worker, tick, "skipped", SUPERSEDED_REASON, now)
@@ -344,8 +348,7 @@ class CronSql:
         child_pid: int | None = None,
         now: float | None = None,
     ) -> bool:
-        if state not in FINAL_STATES:
-            raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
+        require_final(state)
         claim = new_claim()
 
         def work(conn: Connection) -> bool:
@@ -409,7 +412,7 @@ class CronSql:
             update(cron_runs)
             .where(cron_runs.c.state == RUNNING, cron_runs.c.expires_at <= clock(now))
             .values(state="lost", ended_at=cron_runs.c.expires_at,
-                    reason="its node stopped renewing the run")
+                    reason=LOST_REASON)
         )
 
     def prune(self, conn: Connection, keep: float, now: float | None, batch: int) -> int:

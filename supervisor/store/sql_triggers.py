@@ -33,11 +33,15 @@ from sqlalchemy.engine import Connection
 from supervisor.store import ClaimOutcome, CronRun, CronTrigger, Holder, TriggerRequest
 from supervisor.store.database import Database
 from supervisor.store.dialect import clock, new_claim
+from supervisor.store.records import (
+    DECIDED_RESULT,
+    MISSED_REASON,
+    RUNNING,
+    TRIGGER_FORBIDDEN_REASON,
+)
 from supervisor.store.schema import cron_runs, cron_triggers
-from supervisor.store.sql_cron import MISSED_REASON, RUNNING, CronSql, trigger_of
+from supervisor.store.sql_cron import CronSql, trigger_of
 
-FORBIDDEN_REASON = "overlap forbidden: another run of the worker is still going"
-_REFUSAL = {"missed": "missed", "skipped": "overlap"}
 _COLUMNS = (cron_triggers.c.id, cron_triggers.c.worker, cron_triggers.c.trigger_key,
             cron_triggers.c.requested_at, cron_triggers.c.grace, cron_triggers.c.actor_user,
             cron_triggers.c.actor_host, cron_triggers.c.reason)
@@ -109,11 +113,11 @@ class TriggerSql:
                 return ClaimOutcome("missed")
             decided = cron._tick_state(conn, worker, tick)
             if decided is not None:
-                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+                return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
             if forbid_overlap:  # queue with a tick's claim checking at this moment
                 cron.hold_overlap(conn, worker)
             if forbid_overlap and self._others_running(conn, worker, tick, now):
-                self._record(conn, trigger, "skipped", FORBIDDEN_REASON, now)
+                self._record(conn, trigger, "skipped", TRIGGER_FORBIDDEN_REASON, now)
                 return ClaimOutcome("overlap")
             outcome = cron._take_slot(conn, worker, tick, holder, max_run, max_per_node, ttl,
                                       now)
@@ -133,8 +137,8 @@ class TriggerSql:
             if decided is not None:
                 conn.execute(delete(cron_runs).where(cron_runs.c.token == got.token))
                 if decided == "skipped":
-                    self._record(conn, trigger, "skipped", FORBIDDEN_REASON, now)
-                return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+                    self._record(conn, trigger, "skipped", TRIGGER_FORBIDDEN_REASON, now)
+                return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
             replaced = self._request_stop(conn, worker, tick, now) if replace_earlier else ()
             if self._taken(conn, worker, tick) >= max_run:
                 self._close(conn, trigger.id, now)

@@ -46,10 +46,10 @@ from supervisor.store import (
 )
 from supervisor.store.memory import control
 from supervisor.store.memory.coord import CoordTables
-from supervisor.store.memory.cron import FINAL_STATES, CronTables
+from supervisor.store.memory.cron import CronTables
 from supervisor.store.memory.leases import LeaseTables
 from supervisor.store.memory.triggers import TriggerTables
-from supervisor.store.records import publish_indexes
+from supervisor.store.records import publish_indexes, require_final
 
 __all__ = ["MemoryStore"]
 
@@ -223,8 +223,7 @@ class MemoryStore:
         child_pid: int | None = None,
         now: float | None = None,
     ) -> bool:
-        if state not in FINAL_STATES:
-            raise ValueError(f"a run ends as one of {FINAL_STATES}, not {state!r}")
+        require_final(state)
         with self._lock:
             return self._cron.finish(run, state, exit_code, reason, self._at(now), child_pid)
 

@@ -27,15 +27,14 @@ from supervisor.store import (
     Holder,
 )
 from supervisor.store.memory.leases import REASON_MAX, bare
-
-RUNNING = "running"
-FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
-# The reasons and answers SqlStore writes (store/sql_cron.py), so that histories read alike.
-MISSED_REASON = "nobody could run it within misfire_grace"
-SUPERSEDED_REASON = "overlap replace: a later tick already has runs"
-FORBIDDEN_REASON = "overlap forbidden: a run of an earlier tick is still going"
-LOST_REASON = "its node stopped renewing the run"
-_REFUSAL = {"missed": "missed", "skipped": "overlap"}  # a tick-level record -> claim result
+from supervisor.store.records import (
+    DECIDED_RESULT,
+    FORBIDDEN_REASON,
+    LOST_REASON,
+    MISSED_REASON,
+    RUNNING,
+    SUPERSEDED_REASON,
+)
 
 
 @dataclass
@@ -74,7 +73,7 @@ class CronTables:
             return ClaimOutcome("missed")
         decided = self._tick_state(worker, tick)
         if decided is not None:  # missed or skipped is final: never run late
-            return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
         if forbid_overlap and self.earlier_running(worker, tick, clock):
             self.record_tick(worker, tick, "skipped", FORBIDDEN_REASON, clock)
             return ClaimOutcome("overlap")

@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from supervisor.store import ClaimOutcome, CronTrigger, Holder, TriggerRequest
-from supervisor.store.memory.cron import MISSED_REASON, RUNNING, CronTables, RunRow
+from supervisor.store.memory.cron import CronTables, RunRow
 from supervisor.store.memory.leases import REASON_MAX
-
-FORBIDDEN_REASON = "overlap forbidden: another run of the worker is still going"
-_REFUSAL = {"missed": "missed", "skipped": "overlap"}
+from supervisor.store.records import (
+    DECIDED_RESULT,
+    MISSED_REASON,
+    RUNNING,
+    TRIGGER_FORBIDDEN_REASON,
+)
 
 
 class TriggerTables:
@@ -58,9 +61,9 @@ class TriggerTables:
             return ClaimOutcome("missed")
         decided = cron._tick_state(worker, tick)
         if decided is not None:
-            return ClaimOutcome(_REFUSAL.get(decided, "overlap"))
+            return ClaimOutcome(DECIDED_RESULT.get(decided, "overlap"))
         if forbid_overlap and self.blocking(worker, trigger_id, clock):
-            self._record(trigger, "skipped", FORBIDDEN_REASON, clock)
+            self._record(trigger, "skipped", TRIGGER_FORBIDDEN_REASON, clock)
             return ClaimOutcome("overlap")
         got = cron._take_slot(worker, tick, holder, max_run, max_per_node, ttl, clock)
         if got is None:
