@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import SUPERVISOR_BIN, Running, pid_alive, wait_until
 from tests.e2e.test_coordinated import CoordFleet
 from tests.e2e.test_cron import CronFleet
-from tests.support.fleet import FAST, Fleet, made_fleets, worker_toml
+from tests.support.fleet import FAST, HOLD, Fleet, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
@@ -363,7 +363,6 @@ def test_ps_without_a_supervisor_exits_1(tmp_path: Path, control_dir: Path) -> N
 
 # -- several nodes: a leader, a coordinated and a cron worker stopped on one of them -----------
 
-HOLD = 2 * FAST.renew_interval + 1.0  # long enough for every follower to have tried
 
 
 @pytest.fixture

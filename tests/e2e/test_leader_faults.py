@@ -21,7 +21,16 @@ import pytest
 
 from tests.conftest import WORKERS, pid_alive, wait_until
 from tests.databases import ALL_BACKENDS
-from tests.support.fleet import FAST, Fleet, ProbeLog, made_fleets, overlaps, parse_probe_log, terms
+from tests.support.fleet import (
+    FAST,
+    HOLD,
+    Fleet,
+    ProbeLog,
+    made_fleets,
+    overlaps,
+    parse_probe_log,
+    terms,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +38,6 @@ SERVERS = pytest.mark.parametrize("database_backend", ["postgresql", "mariadb"])
 # Every backend, and PostgreSQL through PgBouncer in transaction mode (its nodes poll: no LISTEN).
 EVERY = pytest.mark.parametrize("database_backend", ALL_BACKENDS)
 SLACK = 3.0  # process start-up on a loaded 2-core machine, one poll, one spawn
-HOLD = 2 * FAST.renew_interval + 1.0  # long enough for every follower to have tried
 
 
 @pytest.fixture

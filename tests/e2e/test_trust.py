@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pid_alive, wait_until
-from tests.support.fleet import FAST, Fleet, Node, ProbeLog, made_fleets, worker_toml
+from tests.support.fleet import FAST, HOLD, Fleet, Node, ProbeLog, made_fleets, worker_toml
 
 pytestmark = pytest.mark.slow
 
 SLACK = 3.0  # process start-up on a loaded 2-core machine, one poll, one spawn
-HOLD = 2 * FAST.renew_interval + 1.0
 IDLE = '\n[workers.idle]\ncommand = ["sleep", "100000"]\n'
 
 

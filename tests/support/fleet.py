@@ -85,6 +85,8 @@ class Timings:
 
 
 FAST = Timings()
+# Long enough for every follower to have tried the lease at least once.
+HOLD = 2 * FAST.renew_interval + 1.0
 
 
 # -- faketime ---------------------------------------------------------------------
