@@ -251,13 +251,16 @@ class NodeSync:
         self._reported = report or self._reported
         self._leases.enforce()  # blocked leases: their children stop
         stop_paused_runs(self.fleet, self._runs)
-        if changed or (self._reported and self._report().drain != self._reported.drain):
+        if changed or (self._reported
+                       and self.fleet.drain_state(self._holding()) != self._reported.drain):
             self._wake.set()  # leases held back until now, or a drain state to report
 
+    def _holding(self) -> bool:
+        return bool(self._runs or self._slots or self._coord or self._leases.holding())
+
     def _report(self) -> NodeReport:
-        holding = bool(self._runs or self._slots or self._coord or self._leases.holding())
         states = self.worker_states()
-        return NodeReport(self.fleet.drain_state(holding),
+        return NodeReport(self.fleet.drain_state(self._holding()),
                           summarize(states, self.fleet) if states else None)
 
     def _failed(self, exc: StoreError, held: list[Lease]) -> None:
