@@ -124,14 +124,17 @@ def resume(config_path: Path, worker: str, group: str, reason: str, catch_up: bo
     with open_store(config_path) as store:
         require_control(store)
         pause = store.control_state().find("pause", worker, group)
-        found = store.control_clear("pause", worker, group, user=user, host=host,
-                                    reason=reason)
         caught = None
         if catch_up and pause is not None and _skipped_since(store, worker,
                                                              pause.requested_at):
+            # Asked for before the pause is lifted: a node reads both in one sync and
+            # claims the catch-up run before any tick, rather than seeing the resume,
+            # starting a tick, and then the request, which overlap = forbid would skip.
             why = "catch up after the pause" + (f": {reason}" if reason else "")
             caught = request_trigger(store, worker, uuid.uuid4().hex, reason=why,
                                      grace=worker_spec.misfire_grace)
+        found = store.control_clear("pause", worker, group, user=user, host=host,
+                                    reason=reason)
     scope = f" in group {group!r}" if group else ""
     if found:
         click.echo(f"resumed {worker}{scope}")
