@@ -411,7 +411,6 @@ def test_restart_keeps_the_lease_stop_hands_it_over_and_start_follows(fleet: Fle
     fleet.assert_no_overlaps()
 
 
-@pytest.mark.parametrize("database_backend", ["sqlite"])
 def test_stopping_a_coordinated_worker_leaves_the_membership_and_the_rest_rebalance(
         tmp_path: Path, database_url: str) -> None:
     with made_fleets(functools.partial(CoordFleet, tmp_path, database_url)) as make:
@@ -428,7 +427,6 @@ def test_stopping_a_coordinated_worker_leaves_the_membership_and_the_rest_rebala
         fleet.assert_no_overlaps()
 
 
-@pytest.mark.parametrize("database_backend", ["sqlite"])
 def test_stopping_a_cron_worker_stops_its_claims_on_that_node(tmp_path: Path,
                                                               database_url: str) -> None:
     with made_fleets(functools.partial(CronFleet, tmp_path, database_url)) as make:
